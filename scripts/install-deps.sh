@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs everything moec needs to build and test on Debian 12 (run as root or with sudo).
+set -euo pipefail
+PKGS="build-essential cmake pkg-config libopenblas-dev liblapacke-dev libglpk-dev libzstd-dev
+      libcmocka-dev libcjson-dev libpcre2-dev libutf8proc-dev libxxhash-dev"
+missing=""
+for p in $PKGS; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  echo "installing:$missing" >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+fi

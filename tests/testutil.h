@@ -1,0 +1,20 @@
+/* testutil.h - small helpers shared by the cmocka tests. */
+#ifndef MOEC_TESTUTIL_H
+#define MOEC_TESTUTIL_H
+
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <cmocka.h>
+
+/* Absolute path of a file in the source tree: tu_src("tests/fixtures/x").
+ * Returns a static buffer (one of a small ring, so a few can be live at once). */
+const char *tu_src(const char *rel);
+/* Reads a whole file; returns malloc'd bytes (NUL-terminated) and its size. */
+char *tu_read_file(const char *path, size_t *size);
+/* Writes bytes to a file, asserting success. */
+void tu_write_file(const char *path, const void *data, size_t size);
+/* A fresh empty directory under the build dir, unique per call. */
+const char *tu_tmpdir(void);
+
+#endif

@@ -1,0 +1,98 @@
+#include "cli.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+const char *cli_prog = "moec";
+bool cli_quiet = false;
+static bool progress_open;
+
+void cli_init(int argc, char **argv)
+{
+    (void)argc;
+    if (argv && argv[0]) {
+        const char *slash = strrchr(argv[0], '/');
+        cli_prog = slash ? slash + 1 : argv[0];
+    }
+}
+
+static void vline(const char *fmt, va_list ap)
+{
+    cli_progress_done();
+    fprintf(stderr, "%s: ", cli_prog);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+}
+
+void cli_die(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vline(fmt, ap);
+    va_end(ap);
+    exit(CLI_EXIT_FAIL);
+}
+
+void cli_die_err(const moec_err *err)
+{
+    cli_die("%s", err->msg[0] ? err->msg : moec_status_name(err->code));
+}
+
+void cli_usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vline(fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "Try '%s --help'.\n", cli_prog);
+    exit(CLI_EXIT_USAGE);
+}
+
+long cli_parse_long(const char *opt, const char *s, long lo, long hi)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end != '\0')
+        cli_usage_error("%s: '%s' is not an integer", opt, s);
+    if (v < lo || v > hi)
+        cli_usage_error("%s: %ld is out of range [%ld, %ld]", opt, v, lo, hi);
+    return v;
+}
+
+double cli_parse_double(const char *opt, const char *s, double lo, double hi)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end != '\0' || !isfinite(v))
+        cli_usage_error("%s: '%s' is not a number", opt, s);
+    if (v < lo || v > hi)
+        cli_usage_error("%s: %g is out of range [%g, %g]", opt, v, lo, hi);
+    return v;
+}
+
+void cli_progress(const char *fmt, ...)
+{
+    if (cli_quiet || !isatty(STDERR_FILENO))
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "\r\033[K");
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    progress_open = true;
+}
+
+void cli_progress_done(void)
+{
+    if (progress_open) {
+        fprintf(stderr, "\r\033[K");
+        progress_open = false;
+    }
+}

@@ -1,0 +1,34 @@
+/* cli.h - what every moec tool shares: one-line errors, exit codes, number
+ * parsing and progress on stderr. Tools are thin mains over libmoec. */
+#ifndef MOEC_TOOLS_CLI_H
+#define MOEC_TOOLS_CLI_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/error.h"
+
+enum { CLI_EXIT_OK = 0, CLI_EXIT_FAIL = 1, CLI_EXIT_USAGE = 2, CLI_EXIT_GATE = 3 };
+
+/* Prints "PROG: message" on stderr and exits 1. */
+void cli_die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+/* Prints the library error as one line and exits 1. */
+void cli_die_err(const moec_err *err) __attribute__((noreturn));
+/* Prints "PROG: message" and "Try 'PROG --help'." on stderr and exits 2. */
+void cli_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+
+/* Set once from argv[0] by cli_init(). */
+extern const char *cli_prog;
+void cli_init(int argc, char **argv);
+
+/* Strict number parsing for option values: the whole string must be a number
+ * in [lo, hi], else a usage error naming the option. */
+long cli_parse_long(const char *opt, const char *s, long lo, long hi);
+double cli_parse_double(const char *opt, const char *s, double lo, double hi);
+
+/* Progress on stderr, only when stderr is a terminal and not --quiet. */
+extern bool cli_quiet;
+void cli_progress(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void cli_progress_done(void);
+
+#endif
