@@ -1,0 +1,87 @@
+/* exec.h - the CPU reference executor: a forward pass over a moec_model.
+ *
+ * Arithmetic is float32 throughout; weights are read in their stored dtype
+ * (BF16/F16/F32 views into the checkpoint, widened a tile at a time) and
+ * never copied whole. A prompt is processed as one batch: projections are
+ * sgemm-sized, tokens are grouped per expert so each expert runs one matrix
+ * product over its tokens. Decoding runs one token at a time against the KV
+ * cache. Work is spread over a thread pool (--threads).
+ *
+ * Hooks let calibration see each MoE block: its input, router logits,
+ * choices, gates and every selected expert's output.
+ */
+#ifndef MOEC_EXEC_EXEC_H
+#define MOEC_EXEC_EXEC_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/error.h"
+#include "model/model.h"
+
+typedef struct moec_exec moec_exec;
+
+typedef struct moec_exec_opts {
+    int threads;   /* worker threads including the caller; default 1 */
+    int max_ctx;   /* KV cache length in tokens; default min(cfg.max_positions, 2048) */
+} moec_exec_opts;
+
+#define MOEC_EXEC_OPTS_DEFAULT {1, 0}
+
+/* What a hook sees of one MoE block for a batch of n tokens. Pointers are
+ * valid only during the call. */
+typedef struct moec_moe_view {
+    int layer;
+    int n;                    /* tokens in the batch */
+    int d;                    /* hidden size */
+    int n_experts;            /* E */
+    int top_k;                /* k */
+    const float *resid;       /* [n][d] hidden state entering the block (before its norm) */
+    const float *x;           /* [n][d] block input after the norm: what router and experts read (h_t) */
+    const float *logits;      /* [n][E] router logits */
+    const float *probs;       /* [n][E] softmax of the logits */
+    const int32_t *sel;       /* [n][k] selected experts, by decreasing probability */
+    const float *gates;       /* [n][k] weights applied to the selected experts' outputs */
+    const int *offsets;       /* [E+1] rows of expert e in tok/y are offsets[e]..offsets[e+1]-1 */
+    const int32_t *tok;       /* [n*k] token index (0..n-1) of each row */
+    const float *y;           /* [n*k][d] each selected expert's output, before its gate */
+    const float *routed_out;  /* [n][d] Σ gate·y over the selected experts (shared expert excluded) */
+} moec_moe_view;
+
+typedef void (*moec_moe_hook)(void *ctx, const moec_moe_view *v);
+
+moec_status moec_exec_new(moec_exec **out, const moec_model *m, const moec_exec_opts *opts, moec_err *err);
+void moec_exec_free(moec_exec *ex);
+
+/* Forgets the KV cache: the next forward starts at position 0. */
+void moec_exec_reset(moec_exec *ex);
+/* Drops cached tokens after the first pos (pos <= moec_exec_pos): lets
+ * several continuations share one processed prefix. */
+void moec_exec_truncate(moec_exec *ex, int pos);
+/* Tokens in the cache (the position of the next token). */
+int moec_exec_pos(const moec_exec *ex);
+int moec_exec_max_ctx(const moec_exec *ex);
+/* Length of a logits row. */
+int moec_exec_vocab(const moec_exec *ex);
+const moec_model *moec_exec_model(const moec_exec *ex);
+
+/* Runs n tokens at positions pos..pos+n-1 and appends them to the cache.
+ * logits (may be NULL): all_logits ? [n][vocab] : [vocab] of the last token.
+ * Errors: a token id outside the vocabulary, the cache overflowing, a
+ * non-finite logit (MOEC_ERR_NUMERIC). */
+moec_status moec_exec_forward(moec_exec *ex, const int32_t *tokens, int n, float *logits, bool all_logits,
+                              moec_err *err);
+
+/* Called for every MoE block during forward (NULL to remove). */
+void moec_exec_set_moe_hook(moec_exec *ex, moec_moe_hook fn, void *ctx);
+
+/* Per-operation time profile (nanoseconds summed over forwards) for moec-bench --profile. */
+typedef enum {
+    MOEC_OP_EMBED, MOEC_OP_NORM, MOEC_OP_QKV, MOEC_OP_ATTN, MOEC_OP_OPROJ, MOEC_OP_ROUTER,
+    MOEC_OP_EXPERTS, MOEC_OP_SHARED, MOEC_OP_HEAD, MOEC_OP_COUNT
+} moec_op;
+const char *moec_op_name(moec_op op);
+void moec_exec_profile(const moec_exec *ex, uint64_t ns[MOEC_OP_COUNT]);
+void moec_exec_profile_enable(moec_exec *ex, bool on);
+
+#endif

@@ -1,0 +1,294 @@
+/* model.c - model lifetime, owned buffers and the tensor-slot table. */
+#include "model/model.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "formats/safetensors.h"
+
+void *moec_model_alloc(moec_model *m, size_t bytes)
+{
+    if (m->n_owned == m->cap_owned) {
+        size_t cap = m->cap_owned ? 2 * m->cap_owned : 64;
+        void **nb = realloc(m->owned, cap * sizeof *nb);
+        if (!nb)
+            return NULL;
+        m->owned = nb;
+        m->cap_owned = cap;
+    }
+    size_t rounded = (bytes + 63) / 64 * 64;
+    void *p = aligned_alloc(64, rounded ? rounded : 64);
+    if (!p)
+        return NULL;
+    memset(p, 0, rounded ? rounded : 64);
+    m->owned[m->n_owned++] = p;
+    return p;
+}
+
+moec_status moec_model_new_tensor(moec_model *m, moec_tensor *t, moec_dtype dtype, int64_t rows, int64_t cols,
+                                  moec_err *err)
+{
+    if (!moec_dtype_is_compute(dtype) || rows <= 0 || cols < 0)
+        return moec_err_set(err, MOEC_ERR_ARG, "new tensor: bad dtype or shape");
+    size_t n = (size_t)rows * (size_t)(cols ? cols : 1);
+    void *p = moec_model_alloc(m, n * moec_dtype_size(dtype));
+    if (!p)
+        return moec_err_set(err, MOEC_ERR_NOMEM, "out of memory for a %lldx%lld tensor", (long long)rows,
+                            (long long)cols);
+    memset(t, 0, sizeof *t);
+    t->dtype = dtype;
+    t->ndim = cols ? 2 : 1;
+    t->shape[0] = rows;
+    t->shape[1] = cols;
+    t->data = p;
+    t->nbytes = n * moec_dtype_size(dtype);
+    return MOEC_OK;
+}
+
+static moec_status alloc_layers(moec_model *m, moec_err *err)
+{
+    m->layers = calloc((size_t)m->cfg.n_layers, sizeof *m->layers);
+    if (!m->layers)
+        return moec_err_set(err, MOEC_ERR_NOMEM, "out of memory");
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        moec_status st = moec_model_resize_experts(m, l, m->cfg.layer_experts[l], err);
+        if (st)
+            return st;
+    }
+    return MOEC_OK;
+}
+
+moec_status moec_model_resize_experts(moec_model *m, int layer, int n_experts, moec_err *err)
+{
+    moec_layer *L = &m->layers[layer];
+    moec_ffn *e = NULL;
+    if (n_experts > 0) {
+        e = realloc(L->experts, (size_t)n_experts * sizeof *e);
+        if (!e)
+            return moec_err_set(err, MOEC_ERR_NOMEM, "out of memory");
+        if (n_experts > L->n_experts)
+            memset(e + L->n_experts, 0, (size_t)(n_experts - L->n_experts) * sizeof *e);
+    } else {
+        free(L->experts);
+    }
+    L->experts = e;
+    L->n_experts = n_experts;
+    m->cfg.layer_experts[layer] = n_experts;
+    return MOEC_OK;
+}
+
+moec_status moec_model_new_empty(moec_model **out, const moec_config *cfg, moec_err *err)
+{
+    moec_model *m = calloc(1, sizeof *m);
+    if (!m)
+        return moec_err_set(err, MOEC_ERR_NOMEM, "out of memory");
+    m->cfg = *cfg;
+    moec_status st = alloc_layers(m, err);
+    if (st) {
+        moec_model_close(m);
+        return st;
+    }
+    *out = m;
+    return MOEC_OK;
+}
+
+static char *dup_or_null(const char *s, size_t len)
+{
+    if (!s)
+        return NULL;
+    char *d = malloc(len + 1);
+    if (d) {
+        memcpy(d, s, len);
+        d[len] = '\0';
+    }
+    return d;
+}
+
+moec_status moec_model_derive(moec_model **out, const moec_model *src, moec_err *err)
+{
+    moec_model *m;
+    moec_status st = moec_model_new_empty(&m, &src->cfg, err);
+    if (st)
+        return st;
+    m->embed = src->embed;
+    m->final_norm = src->final_norm;
+    m->lm_head = src->lm_head;
+    for (int l = 0; l < src->cfg.n_layers; l++) {
+        moec_ffn *experts = m->layers[l].experts;
+        m->layers[l] = src->layers[l];
+        m->layers[l].experts = experts;
+        if (src->layers[l].n_experts)
+            memcpy(experts, src->layers[l].experts, (size_t)src->layers[l].n_experts * sizeof *experts);
+    }
+    m->source = dup_or_null(src->source, src->source ? strlen(src->source) : 0);
+    m->config_json = dup_or_null(src->config_json, src->config_json ? strlen(src->config_json) : 0);
+    m->tokenizer_json = dup_or_null(src->tokenizer_json, src->tokenizer_json_len);
+    m->tokenizer_json_len = src->tokenizer_json_len;
+    m->parent = src;
+    if ((src->source && !m->source) || (src->config_json && !m->config_json) ||
+        (src->tokenizer_json && !m->tokenizer_json)) {
+        moec_model_close(m);
+        return moec_err_set(err, MOEC_ERR_NOMEM, "out of memory");
+    }
+    *out = m;
+    return MOEC_OK;
+}
+
+void moec_model_close(moec_model *m)
+{
+    if (!m)
+        return;
+    if (m->layers)
+        for (int l = 0; l < m->cfg.n_layers; l++)
+            free(m->layers[l].experts);
+    free(m->layers);
+    for (size_t i = 0; i < m->n_owned; i++)
+        free(m->owned[i]);
+    free(m->owned);
+    free(m->source);
+    free(m->config_json);
+    free(m->tokenizer_json);
+    if (m->st)
+        moec_st_close(m->st);
+    free(m);
+}
+
+/* ---- slot table: the one place that knows HF tensor names ---- */
+
+typedef struct {
+    moec_model *m;
+    moec_slot_fn fn;
+    void *ctx;
+    moec_err *err;
+} slot_walk;
+
+static moec_status emit(slot_walk *w, moec_tensor *t, int layer, int expert, bool optional, int64_t rows,
+                        int64_t cols, const char *fmt, ...) __attribute__((format(printf, 8, 9)));
+
+static moec_status emit(slot_walk *w, moec_tensor *t, int layer, int expert, bool optional, int64_t rows,
+                        int64_t cols, const char *fmt, ...)
+{
+    moec_slot s = {.t = t, .layer = layer, .expert = expert, .optional = optional};
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(s.name, sizeof s.name, fmt, ap);
+    va_end(ap);
+    s.ndim = cols ? 2 : 1;
+    s.shape[0] = rows;
+    s.shape[1] = cols;
+    return w->fn(w->ctx, &s, w->err);
+}
+
+/* prefix of a layer's feed-forward tensors: "block_sparse_moe" in Mixtral, "mlp" elsewhere */
+static const char *moe_prefix(const moec_config *c)
+{
+    return c->arch == MOEC_ARCH_MIXTRAL ? "block_sparse_moe" : "mlp";
+}
+
+static moec_status emit_ffn(slot_walk *w, moec_ffn *ffn, int l, int e, int64_t d, int64_t f, const char *base)
+{
+    const bool mixtral_names = w->m->cfg.arch == MOEC_ARCH_MIXTRAL && e >= 0;
+    moec_status st;
+    if ((st = emit(w, &ffn->w1, l, e, false, f, d, "%s.%s.weight", base, mixtral_names ? "w1" : "gate_proj")) ||
+        (st = emit(w, &ffn->w3, l, e, false, f, d, "%s.%s.weight", base, mixtral_names ? "w3" : "up_proj")) ||
+        (st = emit(w, &ffn->w2, l, e, false, d, f, "%s.%s.weight", base, mixtral_names ? "w2" : "down_proj")))
+        return st;
+    return MOEC_OK;
+}
+
+moec_status moec_model_for_each_slot(moec_model *m, moec_slot_fn fn, void *ctx, moec_err *err)
+{
+    slot_walk w = {m, fn, ctx, err};
+    const moec_config *c = &m->cfg;
+    const int64_t d = c->hidden_size, hd = c->head_dim;
+    const int64_t q = (int64_t)c->n_heads * hd, kv = (int64_t)c->n_kv_heads * hd;
+    moec_status st;
+    if ((st = emit(&w, &m->embed, -1, -1, false, c->vocab_size, d, "model.embed_tokens.weight")))
+        return st;
+    for (int l = 0; l < c->n_layers; l++) {
+        moec_layer *L = &m->layers[l];
+        char base[160];
+        if ((st = emit(&w, &L->attn_norm, l, -1, false, d, 0, "model.layers.%d.input_layernorm.weight", l)) ||
+            (st = emit(&w, &L->wq, l, -1, false, q, d, "model.layers.%d.self_attn.q_proj.weight", l)) ||
+            (st = emit(&w, &L->wk, l, -1, false, kv, d, "model.layers.%d.self_attn.k_proj.weight", l)) ||
+            (st = emit(&w, &L->wv, l, -1, false, kv, d, "model.layers.%d.self_attn.v_proj.weight", l)) ||
+            (st = emit(&w, &L->wo, l, -1, false, d, q, "model.layers.%d.self_attn.o_proj.weight", l)))
+            return st;
+        if (c->qkv_bias &&
+            ((st = emit(&w, &L->bq, l, -1, false, q, 0, "model.layers.%d.self_attn.q_proj.bias", l)) ||
+             (st = emit(&w, &L->bk, l, -1, false, kv, 0, "model.layers.%d.self_attn.k_proj.bias", l)) ||
+             (st = emit(&w, &L->bv, l, -1, false, kv, 0, "model.layers.%d.self_attn.v_proj.bias", l))))
+            return st;
+        if (c->qk_norm != MOEC_QK_NORM_NONE) {
+            const bool per_head = c->qk_norm == MOEC_QK_NORM_HEAD;
+            if ((st = emit(&w, &L->q_norm, l, -1, false, per_head ? hd : q, 0,
+                           "model.layers.%d.self_attn.q_norm.weight", l)) ||
+                (st = emit(&w, &L->k_norm, l, -1, false, per_head ? hd : kv, 0,
+                           "model.layers.%d.self_attn.k_norm.weight", l)))
+                return st;
+        }
+        if ((st = emit(&w, &L->ffn_norm, l, -1, false, d, 0, "model.layers.%d.post_attention_layernorm.weight", l)))
+            return st;
+        if (L->n_experts == 0) {
+            snprintf(base, sizeof base, "model.layers.%d.mlp", l);
+            if ((st = emit_ffn(&w, &L->dense, l, -1, d, c->dense_ffn, base)))
+                return st;
+            continue;
+        }
+        if ((st = emit(&w, &L->router, l, -1, false, L->n_experts, d, "model.layers.%d.%s.gate.weight", l,
+                       moe_prefix(c))))
+            return st;
+        for (int e = 0; e < L->n_experts; e++) {
+            snprintf(base, sizeof base, "model.layers.%d.%s.experts.%d", l, moe_prefix(c), e);
+            if ((st = emit_ffn(&w, &L->experts[e], l, e, d, c->expert_ffn, base)))
+                return st;
+        }
+        if (c->shared_ffn > 0) {
+            snprintf(base, sizeof base, "model.layers.%d.mlp.shared_expert", l);
+            if ((st = emit_ffn(&w, &L->shared, l, -1, d, c->shared_ffn, base)))
+                return st;
+            if (c->shared_gate &&
+                (st = emit(&w, &L->shared_gate, l, -1, false, 1, d, "model.layers.%d.mlp.shared_expert_gate.weight",
+                           l)))
+                return st;
+        }
+    }
+    if ((st = emit(&w, &m->final_norm, -1, -1, false, d, 0, "model.norm.weight")))
+        return st;
+    if (!c->tie_embeddings && (st = emit(&w, &m->lm_head, -1, -1, false, c->vocab_size, d, "lm_head.weight")))
+        return st;
+    return MOEC_OK;
+}
+
+static moec_status count_slot(void *ctx, const moec_slot *s, moec_err *err)
+{
+    (void)err;
+    int64_t *acc = ctx;
+    if (moec_tensor_present(s->t)) {
+        acc[0] += moec_tensor_numel(s->t);
+        acc[1] += (int64_t)s->t->nbytes;
+    }
+    return MOEC_OK;
+}
+
+static void count(const moec_model *m, int64_t acc[2])
+{
+    acc[0] = acc[1] = 0;
+    moec_model_for_each_slot((moec_model *)m, count_slot, acc, NULL);
+}
+
+int64_t moec_model_params(const moec_model *m)
+{
+    int64_t acc[2];
+    count(m, acc);
+    return acc[0];
+}
+
+uint64_t moec_model_bytes(const moec_model *m)
+{
+    int64_t acc[2];
+    count(m, acc);
+    return (uint64_t)acc[1];
+}

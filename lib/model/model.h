@@ -1,0 +1,126 @@
+/* model.h - an MoE transformer's weights, described independently of the
+ * file they came from.
+ *
+ * Every tensor is a view (lib/core/tensor.h): into the mmap'd safetensors of
+ * an HF directory, into a .moec container, or into a buffer the model owns
+ * (moec_model_alloc) after a transformation changed it. Shapes follow HF:
+ * a linear layer's weight is [out][in].
+ *
+ * Notation in the shape comments: d = hidden_size, hd = head_dim,
+ * H = n_heads, KV = n_kv_heads, f = expert_ffn, E = experts in the layer.
+ */
+#ifndef MOEC_MODEL_MODEL_H
+#define MOEC_MODEL_MODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/error.h"
+#include "core/tensor.h"
+#include "model/config.h"
+
+/* A SwiGLU feed-forward block: y = w2 · (silu(w1 · x) ⊙ (w3 · x)). */
+typedef struct moec_ffn {
+    moec_tensor w1; /* gate [f][d] */
+    moec_tensor w3; /* up   [f][d] */
+    moec_tensor w2; /* down [d][f] */
+} moec_ffn;
+
+typedef struct moec_layer {
+    moec_tensor attn_norm;      /* [d] RMSNorm before attention */
+    moec_tensor wq;             /* [H*hd][d] */
+    moec_tensor wk;             /* [KV*hd][d] */
+    moec_tensor wv;             /* [KV*hd][d] */
+    moec_tensor wo;             /* [d][H*hd] */
+    moec_tensor bq, bk, bv;     /* [H*hd], [KV*hd], [KV*hd] when cfg.qkv_bias */
+    moec_tensor q_norm, k_norm; /* [hd] (per head) or [H*hd] / [KV*hd] (whole), when cfg.qk_norm */
+    moec_tensor ffn_norm;       /* [d] RMSNorm before the MoE / MLP block */
+
+    int n_experts;              /* routed experts, 0 in a dense layer */
+    moec_tensor router;         /* [E][d] */
+    moec_ffn *experts;          /* [E] */
+    moec_ffn shared;            /* shared expert, f = cfg.shared_ffn, when cfg.shared_ffn > 0 */
+    moec_tensor shared_gate;    /* [1][d] sigmoid gate of the shared expert, when cfg.shared_gate */
+    moec_ffn dense;             /* MLP of a dense layer, f = cfg.dense_ffn */
+} moec_layer;
+
+struct moec_safetensors;
+struct moec_container;
+
+typedef struct moec_model {
+    moec_config cfg;
+    moec_tensor embed;       /* [V][d] */
+    moec_tensor final_norm;  /* [d] */
+    moec_tensor lm_head;     /* [V][d]; a copy of the embed view when tied */
+    moec_layer *layers;      /* [n_layers] */
+
+    char *source;            /* path it was opened from (HF dir or .moec file) */
+    char *config_json;       /* original config.json text, kept to write HF configs back */
+    char *tokenizer_json;    /* tokenizer.json text if found, else NULL */
+    size_t tokenizer_json_len;
+    uint64_t file_bytes;     /* bytes of the weight files it was read from */
+
+    /* storage behind the views */
+    struct moec_safetensors *st;
+    struct moec_container *ct;
+    const struct moec_model *parent; /* a derived model's views may point into its parent */
+    void **owned;
+    size_t n_owned, cap_owned;
+} moec_model;
+
+/* Opens an HF checkpoint directory (config.json + safetensors, tokenizer.json
+ * optional). Validates every tensor's presence, dtype and shape against the
+ * config; unexpected tensors are refused (they mean config and weights
+ * disagree). The model holds the mapping; close with moec_model_close. */
+moec_status moec_model_open(moec_model **out, const char *path, moec_err *err);
+void moec_model_close(moec_model *m);
+
+/* An empty model of the given config: layers and expert arrays allocated,
+ * every tensor absent. Builders (containers, tests) fill the views. */
+moec_status moec_model_new_empty(moec_model **out, const moec_config *cfg, moec_err *err);
+
+/* A new model whose config and views are copies of src's (views still point
+ * into src's storage: src must outlive it). Transformations start from this,
+ * change cfg and replace views with buffers from moec_model_alloc. */
+moec_status moec_model_derive(moec_model **out, const moec_model *src, moec_err *err);
+
+/* Allocates a buffer owned by the model (freed by moec_model_close), 64-byte aligned, zeroed. */
+void *moec_model_alloc(moec_model *m, size_t bytes);
+
+/* Makes t an owned F32 / BF16 / F16 tensor of the given 2-D (or 1-D when cols == 0) shape in m. */
+moec_status moec_model_new_tensor(moec_model *m, moec_tensor *t, moec_dtype dtype, int64_t rows, int64_t cols,
+                                  moec_err *err);
+
+/* Resizes the per-layer expert arrays after cfg.layer_experts changed (new
+ * slots are zeroed). Used by pruning and merging. */
+moec_status moec_model_resize_experts(moec_model *m, int layer, int n_experts, moec_err *err);
+
+/* One named tensor slot of the model in its architecture's HF naming. */
+typedef struct moec_slot {
+    char name[192];
+    moec_tensor *t;
+    int ndim;
+    int64_t shape[2];
+    bool optional;   /* may be absent (only lm_head when tied) */
+    int layer;       /* -1 for model-level tensors */
+    int expert;      /* -1 unless a routed expert's weight */
+} moec_slot;
+
+typedef moec_status (*moec_slot_fn)(void *ctx, const moec_slot *slot, moec_err *err);
+/* Calls fn for every tensor the config calls for, in a fixed order. */
+moec_status moec_model_for_each_slot(moec_model *m, moec_slot_fn fn, void *ctx, moec_err *err);
+
+/* Parameters and bytes actually stored (all tensors, tied head counted once). */
+int64_t moec_model_params(const moec_model *m);
+uint64_t moec_model_bytes(const moec_model *m);
+
+/* Writes an HF checkpoint directory: config.json (from the original, with
+ * expert counts updated), safetensors (sharded above shard_bytes; 0 = one
+ * file), and tokenizer/generation files copied from the source directory.
+ * Written into "<out_dir>.tmp-XXXXXX" and renamed when complete; an existing
+ * out_dir is replaced only when overwrite is set.  */
+moec_status moec_model_save_hf(const moec_model *m, const char *out_dir, size_t shard_bytes, bool overwrite,
+                               moec_err *err);
+
+#endif

@@ -1,0 +1,218 @@
+/* model_hf.c - Hugging Face checkpoint directories <-> moec_model. */
+#include "model/model.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/fsutil.h"
+#include "formats/safetensors.h"
+
+/* ---- open ---- */
+
+typedef struct {
+    const moec_safetensors *st;
+    unsigned char *used; /* per st index: consumed by a slot */
+} bind_ctx;
+
+static moec_status bind_slot(void *vctx, const moec_slot *s, moec_err *err)
+{
+    bind_ctx *ctx = vctx;
+    ptrdiff_t i = moec_st_index(ctx->st, s->name);
+    if (i < 0) {
+        if (s->optional)
+            return MOEC_OK;
+        return moec_err_set(err, MOEC_ERR_FORMAT, "tensor %s is missing from the checkpoint", s->name);
+    }
+    const moec_tensor *t = moec_st_tensor(ctx->st, (size_t)i);
+    ctx->used[i] = 1;
+    if (!moec_dtype_is_compute(t->dtype))
+        return moec_err_set(err, MOEC_ERR_UNSUPPORTED, "tensor %s has dtype %s; moec computes with F32, F16 and BF16",
+                            s->name, moec_dtype_name(t->dtype));
+    bool ok = t->ndim == s->ndim && t->shape[0] == s->shape[0] && (s->ndim == 1 || t->shape[1] == s->shape[1]);
+    if (!ok) {
+        char found[96] = "";
+        for (int k = 0; k < t->ndim; k++) {
+            size_t n = strlen(found);
+            snprintf(found + n, sizeof found - n, "%s%lld", k ? "," : "", (long long)t->shape[k]);
+        }
+        if (s->ndim == 1)
+            return moec_err_set(err, MOEC_ERR_SHAPE, "tensor %s has shape [%s]; the config implies [%lld]", s->name,
+                                found, (long long)s->shape[0]);
+        return moec_err_set(err, MOEC_ERR_SHAPE, "tensor %s has shape [%s]; the config implies [%lld,%lld]",
+                            s->name, found, (long long)s->shape[0], (long long)s->shape[1]);
+    }
+    *s->t = *t;
+    return MOEC_OK;
+}
+
+/* Tensors HF checkpoints may carry that are recomputed, not learned. */
+static bool ignorable_tensor(const char *name)
+{
+    return strstr(name, "rotary_emb.inv_freq") != NULL;
+}
+
+static moec_status load_text_file(const char *dir, const char *name, char **out, size_t *len, bool required,
+                                  moec_err *err)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    moec_status st = moec_read_file(path, 256u << 20, out, len, err);
+    if (st == MOEC_ERR_IO && !required && access(path, F_OK) != 0) {
+        *out = NULL;
+        *len = 0;
+        moec_err_clear(err);
+        return MOEC_OK;
+    }
+    return st;
+}
+
+moec_status moec_model_open(moec_model **out, const char *path, moec_err *err)
+{
+    *out = NULL;
+    struct stat sb;
+    if (stat(path, &sb) != 0)
+        return moec_err_set(err, MOEC_ERR_IO, "%s: %s", path, strerror(errno));
+    if (!S_ISDIR(sb.st_mode))
+        return moec_err_set(err, MOEC_ERR_ARG, "%s: not a model directory (expected config.json and *.safetensors)",
+                            path);
+
+    char *config_text = NULL;
+    size_t config_len = 0;
+    moec_status st = load_text_file(path, "config.json", &config_text, &config_len, true, err);
+    if (st)
+        return st;
+    moec_config cfg;
+    st = moec_config_parse_hf(&cfg, config_text, err);
+    if (st) {
+        moec_err_prefix(err, "%s/config.json", path);
+        free(config_text);
+        return st;
+    }
+    moec_model *m;
+    if ((st = moec_model_new_empty(&m, &cfg, err))) {
+        free(config_text);
+        return st;
+    }
+    m->config_json = config_text;
+    m->source = strdup(path);
+    if (!m->source) {
+        st = moec_err_set(err, MOEC_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    if ((st = load_text_file(path, "tokenizer.json", &m->tokenizer_json, &m->tokenizer_json_len, false, err)))
+        goto fail;
+    if ((st = moec_st_open(&m->st, path, err)))
+        goto fail;
+    m->file_bytes = moec_st_file_bytes(m->st);
+
+    size_t n = moec_st_count(m->st);
+    bind_ctx ctx = {m->st, calloc(n ? n : 1, 1)};
+    if (!ctx.used) {
+        st = moec_err_set(err, MOEC_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    st = moec_model_for_each_slot(m, bind_slot, &ctx, err);
+    for (size_t i = 0; st == MOEC_OK && i < n; i++)
+        if (!ctx.used[i] && !ignorable_tensor(moec_st_name(m->st, i)))
+            st = moec_err_set(err, MOEC_ERR_SHAPE,
+                              "tensor %s is not part of a %s model as config.json describes it (wrong expert or "
+                              "layer count?)",
+                              moec_st_name(m->st, i), moec_arch_name(m->cfg.arch));
+    free(ctx.used);
+    if (st) {
+        moec_err_prefix(err, "%s", path);
+        goto fail;
+    }
+    if (m->cfg.tie_embeddings)
+        m->lm_head = m->embed;
+    *out = m;
+    return MOEC_OK;
+fail:
+    moec_model_close(m);
+    return st;
+}
+
+/* ---- save ---- */
+
+typedef struct {
+    moec_st_writer *w;
+} add_ctx;
+
+static moec_status add_slot(void *vctx, const moec_slot *s, moec_err *err)
+{
+    add_ctx *ctx = vctx;
+    if (!moec_tensor_present(s->t)) {
+        if (s->optional)
+            return MOEC_OK;
+        return moec_err_set(err, MOEC_ERR_INTERNAL, "tensor %s is absent", s->name);
+    }
+    if (!moec_dtype_is_compute(s->t->dtype))
+        return moec_err_set(err, MOEC_ERR_UNSUPPORTED,
+                            "tensor %s is quantized; export it with moec-export to write an HF checkpoint", s->name);
+    return moec_st_writer_add(ctx->w, s->name, s->t, err);
+}
+
+/* Files of an HF directory that travel with the weights unchanged. */
+static const char *const side_files[] = {"tokenizer.json", "tokenizer_config.json", "generation_config.json",
+                                         "special_tokens_map.json", "tokenizer.model"};
+
+moec_status moec_model_save_hf(const moec_model *m, const char *out_dir, size_t shard_bytes, bool overwrite,
+                               moec_err *err)
+{
+    char tmp[4096];
+    moec_status st = moec_tmpdir_beside(out_dir, tmp, sizeof tmp, overwrite, err);
+    if (st)
+        return st;
+
+    char *config = NULL;
+    moec_st_writer *w = moec_st_writer_new();
+    if (!w) {
+        st = moec_err_set(err, MOEC_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    if ((st = moec_config_to_hf_json(&m->cfg, m->config_json, &config, err)))
+        goto fail;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/config.json", tmp);
+    if ((st = moec_write_file(path, config, strlen(config), err)))
+        goto fail;
+
+    /* side files: from the source directory, or the tokenizer text we carry */
+    struct stat sb;
+    bool src_is_dir = m->source && stat(m->source, &sb) == 0 && S_ISDIR(sb.st_mode);
+    for (size_t i = 0; i < sizeof side_files / sizeof *side_files; i++) {
+        char src[4200];
+        if (!src_is_dir)
+            break;
+        snprintf(src, sizeof src, "%s/%s", m->source, side_files[i]);
+        if (access(src, F_OK) != 0)
+            continue;
+        snprintf(path, sizeof path, "%s/%s", tmp, side_files[i]);
+        if ((st = moec_copy_file(src, path, err)))
+            goto fail;
+    }
+    snprintf(path, sizeof path, "%s/tokenizer.json", tmp);
+    if (m->tokenizer_json && access(path, F_OK) != 0 &&
+        (st = moec_write_file(path, m->tokenizer_json, m->tokenizer_json_len, err)))
+        goto fail;
+
+    add_ctx ctx = {w};
+    if ((st = moec_model_for_each_slot((moec_model *)m, add_slot, &ctx, err)))
+        goto fail;
+    if ((st = moec_st_writer_write(w, tmp, shard_bytes, err)))
+        goto fail;
+    moec_st_writer_free(w);
+    free(config);
+    return moec_commit_dir(tmp, out_dir, overwrite, err);
+fail:
+    moec_st_writer_free(w);
+    free(config);
+    moec_remove_tree(tmp);
+    return st;
+}
