@@ -1,5 +1,10 @@
 #include "cli.h"
 
+#include <cjson/cJSON.h>
+
+#include "model/model.h"
+#include "tokenizer/tokenizer.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -95,4 +100,33 @@ void cli_progress_done(void)
         fprintf(stderr, "\r\033[K");
         progress_open = false;
     }
+}
+
+struct moec_model *cli_open_model(const char *path)
+{
+    moec_err err = {0};
+    moec_model *m;
+    if (moec_model_open(&m, path, &err))
+        cli_die_err(&err);
+    return m;
+}
+
+struct moec_tokenizer *cli_model_tokenizer(const struct moec_model *m)
+{
+    if (!m->tokenizer_json)
+        cli_die("%s: no tokenizer.json", m->source ? m->source : "model");
+    moec_err err = {0};
+    moec_tokenizer *tok;
+    if (moec_tokenizer_load_json(&tok, m->tokenizer_json, m->tokenizer_json_len, &err))
+        cli_die("%s: %s", m->source ? m->source : "model", err.msg);
+    return tok;
+}
+
+void cli_print_json(const struct cJSON *o)
+{
+    char *txt = cJSON_Print(o);
+    if (!txt)
+        cli_die("out of memory");
+    puts(txt);
+    free(txt);
 }

@@ -31,4 +31,15 @@ extern bool cli_quiet;
 void cli_progress(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void cli_progress_done(void);
 
+
+/* Opens a model (HF directory or .moec file) or dies with its error. */
+struct moec_model;
+struct moec_tokenizer;
+struct moec_model *cli_open_model(const char *path);
+/* The tokenizer a model carries (tokenizer.json), or dies naming the model. */
+struct moec_tokenizer *cli_model_tokenizer(const struct moec_model *m);
+/* Prints a cJSON object to stdout and frees nothing. */
+struct cJSON;
+void cli_print_json(const struct cJSON *o);
+
 #endif

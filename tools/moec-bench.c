@@ -1,0 +1,123 @@
+/* moec-bench: prompt and decode speed, peak memory (llama-bench's tests). */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+
+#include <cjson/cJSON.h>
+
+#include "cli.h"
+#include "exec/bench.h"
+#include "exec/matmul.h"
+#include "model/model.h"
+
+static const char usage[] =
+    "usage: moec-bench MODEL [options]\n"
+    "  --threads N   worker threads (default 2)\n"
+    "  --reps N      repetitions of each test, the median is reported (default 5)\n"
+    "  --prompt A,B  prompt lengths (default 128,512)\n"
+    "  --gen N       generated tokens (default 128)\n"
+    "  --profile     per-operation time shares for the long prompt and for decoding\n"
+    "  --json        print one JSON object\n"
+    "  --help        show this help\n"
+    "Prompt tests process the prompt from an empty cache and compute the last token's\n"
+    "logits; the decode test generates N tokens one at a time from an empty cache.\n";
+
+int main(int argc, char **argv)
+{
+    cli_init(argc, argv);
+    enum { OPT_THREADS = 256, OPT_REPS, OPT_PROMPT, OPT_GEN, OPT_PROFILE, OPT_JSON };
+    static const struct option opts[] = {{"threads", required_argument, 0, OPT_THREADS},
+                                         {"reps", required_argument, 0, OPT_REPS},
+                                         {"prompt", required_argument, 0, OPT_PROMPT},
+                                         {"gen", required_argument, 0, OPT_GEN},
+                                         {"profile", no_argument, 0, OPT_PROFILE},
+                                         {"json", no_argument, 0, OPT_JSON},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    moec_bench_opts bo = MOEC_BENCH_OPTS_DEFAULT;
+    bool json = false;
+    int c;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case OPT_THREADS: bo.threads = (int)cli_parse_long("--threads", optarg, 1, 256); break;
+        case OPT_REPS: bo.reps = (int)cli_parse_long("--reps", optarg, 1, 1000); break;
+        case OPT_PROMPT: {
+            int a, b;
+            char tail;
+            if (sscanf(optarg, "%d,%d%c", &a, &b, &tail) != 2 || a < 1 || b < 1)
+                cli_usage_error("--prompt: expected two positive lengths like 128,512");
+            bo.prompt_a = a;
+            bo.prompt_b = b;
+            break;
+        }
+        case OPT_GEN: bo.gen = (int)cli_parse_long("--gen", optarg, 1, 1 << 20); break;
+        case OPT_PROFILE: bo.profile = true; break;
+        case OPT_JSON: json = true; break;
+        case 'h': fputs(usage, stdout); return 0;
+        default: cli_usage_error("unknown option");
+        }
+    }
+    if (optind + 1 != argc)
+        cli_usage_error(optind == argc ? "missing MODEL" : "expected one MODEL");
+    moec_model *m = cli_open_model(argv[optind]);
+    int longest = bo.prompt_a > bo.prompt_b ? bo.prompt_a : bo.prompt_b;
+    if ((bo.gen > longest ? bo.gen : longest) > m->cfg.max_positions)
+        cli_die("test lengths exceed the model's %d positions", m->cfg.max_positions);
+    moec_err err = {0};
+    moec_bench_result r;
+    if (moec_bench_run(m, &bo, &r, &err))
+        cli_die_err(&err);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double rss = (double)ru.ru_maxrss * 1024.0;
+
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "model", argv[optind]);
+    cJSON_AddNumberToObject(o, "threads", bo.threads);
+    cJSON_AddStringToObject(o, "kernels", moec_matmul_kernel_name());
+    char key[64];
+    snprintf(key, sizeof key, "pp%d_tps", bo.prompt_a);
+    cJSON_AddNumberToObject(o, key, r.pp_a_tps);
+    snprintf(key, sizeof key, "pp%d_tps", bo.prompt_b);
+    cJSON_AddNumberToObject(o, key, r.pp_b_tps);
+    snprintf(key, sizeof key, "tg%d_tps", bo.gen);
+    cJSON_AddNumberToObject(o, key, r.gen_tps);
+    cJSON_AddNumberToObject(o, "peak_rss_bytes", rss);
+    cJSON_AddNumberToObject(o, "weight_file_bytes", (double)m->file_bytes);
+    cJSON_AddNumberToObject(o, "kv_cache_bytes", (double)r.kv_cache_bytes);
+    cJSON_AddNumberToObject(o, "rss_over_weights_and_cache_bytes",
+                            rss - (double)m->file_bytes - (double)r.kv_cache_bytes);
+    if (bo.profile) {
+        cJSON *pp = cJSON_AddObjectToObject(o, "profile_prompt_ns");
+        cJSON *tg = cJSON_AddObjectToObject(o, "profile_decode_ns");
+        for (int i = 0; i < MOEC_OP_COUNT; i++) {
+            cJSON_AddNumberToObject(pp, moec_op_name((moec_op)i), (double)r.prof_pp[i]);
+            cJSON_AddNumberToObject(tg, moec_op_name((moec_op)i), (double)r.prof_gen[i]);
+        }
+    }
+    if (json) {
+        cli_print_json(o);
+    } else {
+        printf("model %s, %d threads, %s kernels, median of %d runs\n", argv[optind], bo.threads,
+               moec_matmul_kernel_name(), bo.reps);
+        printf("  pp%-5d %10.1f tokens/s (best %.1f)\n", bo.prompt_a, r.pp_a_tps, r.pp_a_best);
+        printf("  pp%-5d %10.1f tokens/s (best %.1f)\n", bo.prompt_b, r.pp_b_tps, r.pp_b_best);
+        printf("  tg%-5d %10.1f tokens/s (best %.1f)\n", bo.gen, r.gen_tps, r.gen_best);
+        printf("  peak RSS %.1f MiB = weights %.1f MiB + KV cache %.1f MiB + %.1f MiB\n", rss / 1048576.0,
+               m->file_bytes / 1048576.0, r.kv_cache_bytes / 1048576.0,
+               (rss - (double)m->file_bytes - (double)r.kv_cache_bytes) / 1048576.0);
+        if (bo.profile) {
+            uint64_t tp = 0, tg = 0;
+            for (int i = 0; i < MOEC_OP_COUNT; i++)
+                tp += r.prof_pp[i], tg += r.prof_gen[i];
+            printf("  %-10s %12s %12s\n", "op", "prompt", "decode");
+            for (int i = 0; i < MOEC_OP_COUNT; i++)
+                printf("  %-10s %11.1f%% %11.1f%%\n", moec_op_name((moec_op)i), 100.0 * r.prof_pp[i] / (tp ? tp : 1),
+                       100.0 * r.prof_gen[i] / (tg ? tg : 1));
+        }
+    }
+    cJSON_Delete(o);
+    moec_model_close(m);
+    return 0;
+}
