@@ -50,6 +50,8 @@ struct moec_exec {
 
     moec_moe_hook hook;
     void *hook_ctx;
+    moec_attn_hook attn_hook;
+    void *attn_hook_ctx;
     bool profiling;
     uint64_t prof[MOEC_OP_COUNT];
 };
@@ -214,6 +216,12 @@ void moec_exec_set_moe_hook(moec_exec *ex, moec_moe_hook fn, void *ctx)
     ex->hook_ctx = ctx;
 }
 
+void moec_exec_set_attn_hook(moec_exec *ex, moec_attn_hook fn, void *ctx)
+{
+    ex->attn_hook = fn;
+    ex->attn_hook_ctx = ctx;
+}
+
 void moec_exec_profile_enable(moec_exec *ex, bool on) { ex->profiling = on; }
 
 void moec_exec_profile(const moec_exec *ex, uint64_t ns[MOEC_OP_COUNT])
@@ -317,6 +325,10 @@ static void attention_block(moec_exec *ex, int l, int n)
         attn_job job = {ex, l, n, p0};
         moec_pool_run(ex->pool, attn_worker, &job);
         prof_stop(ex, MOEC_OP_ATTN, t0);
+    }
+    if (ex->attn_hook) {
+        moec_attn_view v = {l, n, d, ex->qdim, ex->xn, ex->att};
+        ex->attn_hook(ex->attn_hook_ctx, &v);
     }
     t0 = prof_start(ex);
     moec_matmul(ex->pool, ex->x, ex->att, n, &L->wo, true); /* residual add */

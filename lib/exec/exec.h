@@ -50,6 +50,18 @@ typedef struct moec_moe_view {
 
 typedef void (*moec_moe_hook)(void *ctx, const moec_moe_view *v);
 
+/* What a hook sees of one attention block: the inputs of its projections
+ * (for quantizers that need each linear layer's input statistics). */
+typedef struct moec_attn_view {
+    int layer;
+    int n;                    /* tokens in the batch */
+    int d, qdim;              /* hidden size, heads·head_dim */
+    const float *x;           /* [n][d] input of q/k/v projections (after the norm) */
+    const float *att;         /* [n][qdim] input of o_proj */
+} moec_attn_view;
+
+typedef void (*moec_attn_hook)(void *ctx, const moec_attn_view *v);
+
 moec_status moec_exec_new(moec_exec **out, const moec_model *m, const moec_exec_opts *opts, moec_err *err);
 void moec_exec_free(moec_exec *ex);
 
@@ -74,6 +86,9 @@ moec_status moec_exec_forward(moec_exec *ex, const int32_t *tokens, int n, float
 
 /* Called for every MoE block during forward (NULL to remove). */
 void moec_exec_set_moe_hook(moec_exec *ex, moec_moe_hook fn, void *ctx);
+
+/* Called for every attention block after attention, before o_proj is applied. */
+void moec_exec_set_attn_hook(moec_exec *ex, moec_attn_hook fn, void *ctx);
 
 /* Per-operation time profile (nanoseconds summed over forwards) for moec-bench --profile. */
 typedef enum {
