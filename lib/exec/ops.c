@@ -16,9 +16,12 @@
  * negative inputs flush to 0. */
 static inline float exp_poly(float x)
 {
-    x = x < -87.3f ? -87.3f : x;
+    x = x < -87.3f ? -87.3f : x; /* NaN fails both tests and stays NaN */
     x = x > 88.0f ? 88.0f : x;
-    float n = __builtin_rintf(x * 1.44269504088896341f);
+    /* n comes from a NaN-free copy, so the integer conversion below is
+     * always defined; a NaN x still yields NaN through r. */
+    float finite = x == x ? x : 0.0f;
+    float n = __builtin_rintf(finite * 1.44269504088896341f);
     float r = x - n * 0.693145751953125f;   /* ln2 split in two for exact reduction */
     r = r - n * 1.428606765330187e-06f;
     float p = 1.0f / 720.0f;
