@@ -1,4 +1,5 @@
 /* HF config.json -> moec_config for each architecture, and the refusals. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -113,13 +114,13 @@ static void test_refusals(void **state)
     /* a valid Mixtral config with one key replaced or added */
     const char *base = "{\"architectures\":[\"MixtralForCausalLM\"],\"vocab_size\":10,\"num_hidden_layers\":2,"
                        "\"intermediate_size\":4,\"num_local_experts\":4";
-    char buf[1024];
+    char buf[2048];
 #define WITH(extra) (snprintf(buf, sizeof buf, "%s,%s}", base, extra), buf)
     const char *ok = ",\"hidden_size\":8,\"num_attention_heads\":2,\"num_experts_per_tok\":2";
     char okbuf[512];
     snprintf(okbuf, sizeof okbuf, "%s", ok + 1);
     parse_ok(WITH(okbuf));
-    char extra[512];
+    char extra[1024];
     snprintf(extra, sizeof extra, "%s,\"rope_scaling\":{\"type\":\"yarn\",\"factor\":4}", okbuf);
     assert_int_equal(parse_err(WITH(extra), "rope_scaling"), MOEC_ERR_UNSUPPORTED);
     snprintf(extra, sizeof extra, "%s,\"hidden_act\":\"gelu\"", okbuf);

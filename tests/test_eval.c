@@ -53,7 +53,7 @@ static void test_model_against_itself(void **state)
     moec_model *m;
     assert_int_equal(moec_model_open(&m, tu_src("tests/fixtures/qwen2moe-random"), &err), MOEC_OK);
     moec_exec *a, *b;
-    moec_exec_opts o = {1, 32};
+    moec_exec_opts o = {.threads = 1, .max_ctx = 32};
     assert_int_equal(moec_exec_new(&a, m, &o, &err), MOEC_OK);
     assert_int_equal(moec_exec_new(&b, m, &o, &err), MOEC_OK);
     int32_t ids[100];
@@ -86,7 +86,7 @@ static void test_matches_reference_perplexity(void **state)
     moec_tokenizer *tok;
     assert_int_equal(moec_tokenizer_load_json(&tok, m->tokenizer_json, m->tokenizer_json_len, &err), MOEC_OK);
     moec_exec *ex;
-    moec_exec_opts o = {2, 1024};
+    moec_exec_opts o = {.threads = 2, .max_ctx = 1024};
     assert_int_equal(moec_exec_new(&ex, m, &o, &err), MOEC_OK);
     char *ref_text = tu_read_file(tu_src("tests/fixtures/mixtral-tiny/reference/val_eval.json"), NULL);
     cJSON *ref = cJSON_Parse(ref_text);

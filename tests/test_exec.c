@@ -59,7 +59,7 @@ static void check_model(const char *model_dir, const char *ref_dir)
     float *out = malloc((size_t)r.n * V * sizeof(float));
     for (int threads = 1; threads <= 2; threads++) {
         moec_exec *ex;
-        moec_exec_opts o = {threads, 256};
+        moec_exec_opts o = {.threads = threads, .max_ctx = 256};
         assert_int_equal(moec_exec_new(&ex, m, &o, &err), MOEC_OK);
         /* one batch */
         assert_int_equal(moec_exec_forward(ex, r.ids, r.n, out, true, &err), MOEC_OK);
@@ -106,7 +106,7 @@ static void test_bad_tokens_and_overflow(void **state)
     moec_model *m;
     assert_int_equal(moec_model_open(&m, tu_src("tests/fixtures/qwen3moe-random"), &err), MOEC_OK);
     moec_exec *ex;
-    moec_exec_opts o = {1, 8};
+    moec_exec_opts o = {.threads = 1, .max_ctx = 8};
     assert_int_equal(moec_exec_new(&ex, m, &o, &err), MOEC_OK);
     int32_t bad[2] = {1, 99999};
     assert_int_equal(moec_exec_forward(ex, bad, 2, NULL, false, &err), MOEC_ERR_ARG);

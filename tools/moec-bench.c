@@ -18,6 +18,7 @@ static const char usage[] =
     "  --prompt A,B  prompt lengths (default 128,512)\n"
     "  --gen N       generated tokens (default 128)\n"
     "  --profile     per-operation time shares for the long prompt and for decoding\n"
+    "  --act-bits A  quantize linear-layer inputs per token to A bits (simulated)\n"
     "  --json        print one JSON object\n"
     "  --help        show this help\n"
     "Prompt tests process the prompt from an empty cache and compute the last token's\n"
@@ -26,13 +27,14 @@ static const char usage[] =
 int main(int argc, char **argv)
 {
     cli_init(argc, argv);
-    enum { OPT_THREADS = 256, OPT_REPS, OPT_PROMPT, OPT_GEN, OPT_PROFILE, OPT_JSON };
+    enum { OPT_THREADS = 256, OPT_REPS, OPT_PROMPT, OPT_GEN, OPT_PROFILE, OPT_JSON, OPT_ACT };
     static const struct option opts[] = {{"threads", required_argument, 0, OPT_THREADS},
                                          {"reps", required_argument, 0, OPT_REPS},
                                          {"prompt", required_argument, 0, OPT_PROMPT},
                                          {"gen", required_argument, 0, OPT_GEN},
                                          {"profile", no_argument, 0, OPT_PROFILE},
                                          {"json", no_argument, 0, OPT_JSON},
+                                         {"act-bits", required_argument, 0, OPT_ACT},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     moec_bench_opts bo = MOEC_BENCH_OPTS_DEFAULT;
@@ -54,6 +56,7 @@ int main(int argc, char **argv)
         case OPT_GEN: bo.gen = (int)cli_parse_long("--gen", optarg, 1, 1 << 20); break;
         case OPT_PROFILE: bo.profile = true; break;
         case OPT_JSON: json = true; break;
+        case OPT_ACT: bo.act_bits = (int)cli_parse_long("--act-bits", optarg, 2, 16); break;
         case 'h': fputs(usage, stdout); return 0;
         default: cli_usage_error("unknown option");
         }

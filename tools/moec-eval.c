@@ -27,6 +27,8 @@ static const char usage[] =
     "  --json              print one JSON object\n"
     "  --max-ppl-ratio X   exit 3 if perplexity ratio model/base exceeds X (needs --base, --text)\n"
     "  --max-kld X         exit 3 if mean KL divergence exceeds X nats (needs --base, --text)\n"
+    "  --act-bits A        quantize each linear layer's input per token to A bits (symmetric,\n"
+    "                      dynamic, simulated in float) when evaluating --model: W·A· settings\n"
     "  --quiet             no progress on stderr\n"
     "  --help              show this help\n"
     "exit status: 0 ok, 1 failure, 2 usage error, 3 a quality gate tripped\n";
@@ -60,18 +62,19 @@ static void print_row(const char *name, const cJSON *o, bool base)
 int main(int argc, char **argv)
 {
     cli_init(argc, argv);
-    enum { OPT_MODEL = 256, OPT_BASE, OPT_TEXT, OPT_MC, OPT_CTX, OPT_THREADS, OPT_JSON, OPT_PPLR, OPT_KLD, OPT_QUIET };
+    enum { OPT_MODEL = 256, OPT_BASE, OPT_TEXT, OPT_MC, OPT_CTX, OPT_THREADS, OPT_JSON, OPT_PPLR, OPT_KLD, OPT_QUIET, OPT_ACT };
     static const struct option opts[] = {
         {"model", required_argument, 0, OPT_MODEL},   {"base", required_argument, 0, OPT_BASE},
         {"text", required_argument, 0, OPT_TEXT},     {"mc", required_argument, 0, OPT_MC},
         {"ctx", required_argument, 0, OPT_CTX},       {"threads", required_argument, 0, OPT_THREADS},
         {"json", no_argument, 0, OPT_JSON},           {"max-ppl-ratio", required_argument, 0, OPT_PPLR},
         {"max-kld", required_argument, 0, OPT_KLD},   {"quiet", no_argument, 0, OPT_QUIET},
+        {"act-bits", required_argument, 0, OPT_ACT},
         {"help", no_argument, 0, 'h'},                {0, 0, 0, 0}};
     const char *model_path = NULL, *base_path = NULL, *mc = NULL;
     const char **texts = calloc((size_t)argc, sizeof *texts);
     int n_texts = 0;
-    long ctx = 256, threads = 2;
+    long ctx = 256, threads = 2, act_bits = 0;
     bool json = false;
     double max_pplr = NAN, max_kld = NAN;
     int c;
@@ -87,7 +90,8 @@ int main(int argc, char **argv)
         case OPT_PPLR: max_pplr = cli_parse_double("--max-ppl-ratio", optarg, 0.0, 1e9); break;
         case OPT_KLD: max_kld = cli_parse_double("--max-kld", optarg, 0.0, 1e9); break;
         case OPT_QUIET: cli_quiet = true; break;
-        case 'h': fputs(usage, stdout); return 0;
+        case OPT_ACT: act_bits = cli_parse_long("--act-bits", optarg, 2, 16); break;
+        case 'h': fputs(usage, stdout); free(texts); return 0;
         default: cli_usage_error("unknown option");
         }
     }
@@ -113,9 +117,12 @@ int main(int argc, char **argv)
     int positions = m->cfg.max_positions < 4096 ? m->cfg.max_positions : 4096;
     if (b && b->cfg.max_positions < positions)
         positions = b->cfg.max_positions;
-    moec_exec_opts eo = {(int)threads, mc && positions > ctx ? positions : (int)ctx};
+    moec_exec_opts eo = {.threads = (int)threads, .max_ctx = mc && positions > ctx ? positions : (int)ctx,
+                         .act_bits = (int)act_bits};
     moec_exec *mx, *bx = NULL;
-    if (moec_exec_new(&mx, m, &eo, &err) || (b && moec_exec_new(&bx, b, &eo, &err)))
+    moec_exec_opts base_eo = eo;
+    base_eo.act_bits = 0; /* the reference stays in full precision */
+    if (moec_exec_new(&mx, m, &eo, &err) || (b && moec_exec_new(&bx, b, &base_eo, &err)))
         cli_die_err(&err);
     moec_eval_spec spec = {texts, n_texts, mc, (int)ctx};
     cJSON *rep;

@@ -20,6 +20,7 @@ static const char usage[] =
     "  --top-p P       nucleus sampling mass in (0, 1] (default 0.95)\n"
     "  --seed S        random seed (default 1)\n"
     "  --threads N     worker threads (default 2)\n"
+    "  --act-bits A    quantize linear-layer inputs per token to A bits (simulated)\n"
     "  --stop-eos      stop at the end-of-sequence token (default: generate N tokens)\n"
     "  --help          show this help\n";
 
@@ -33,17 +34,18 @@ static double seconds(void)
 int main(int argc, char **argv)
 {
     cli_init(argc, argv);
-    enum { OPT_TEMP = 256, OPT_TOPP, OPT_SEED, OPT_THREADS, OPT_EOS };
+    enum { OPT_TEMP = 256, OPT_TOPP, OPT_SEED, OPT_THREADS, OPT_EOS, OPT_ACT };
     static const struct option opts[] = {{"prompt", required_argument, 0, 'p'},
                                          {"temp", required_argument, 0, OPT_TEMP},
                                          {"top-p", required_argument, 0, OPT_TOPP},
                                          {"seed", required_argument, 0, OPT_SEED},
                                          {"threads", required_argument, 0, OPT_THREADS},
                                          {"stop-eos", no_argument, 0, OPT_EOS},
+                                         {"act-bits", required_argument, 0, OPT_ACT},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     const char *prompt = NULL;
-    long n_gen = 64, seed = 1, threads = 2;
+    long n_gen = 64, seed = 1, threads = 2, act_bits = 0;
     double temp = 0.8, top_p = 0.95;
     bool stop_eos = false;
     int c;
@@ -56,6 +58,7 @@ int main(int argc, char **argv)
         case OPT_SEED: seed = cli_parse_long("--seed", optarg, 0, 0x7fffffffL); break;
         case OPT_THREADS: threads = cli_parse_long("--threads", optarg, 1, 256); break;
         case OPT_EOS: stop_eos = true; break;
+        case OPT_ACT: act_bits = cli_parse_long("--act-bits", optarg, 2, 16); break;
         case 'h': fputs(usage, stdout); return 0;
         default: cli_usage_error("unknown option");
         }
@@ -86,7 +89,7 @@ int main(int argc, char **argv)
         cli_die("prompt (%zu tokens) + %ld new tokens exceed the model's %d positions", n_ids, n_gen,
                 m->cfg.max_positions);
     moec_exec *ex;
-    moec_exec_opts eo = {(int)threads, ctx};
+    moec_exec_opts eo = {.threads = (int)threads, .max_ctx = ctx, .act_bits = (int)act_bits};
     if (moec_exec_new(&ex, m, &eo, &err))
         cli_die_err(&err);
     float *logits = malloc((size_t)V * sizeof(float));

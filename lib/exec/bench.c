@@ -86,7 +86,7 @@ moec_status moec_bench_run(const moec_model *m, const moec_bench_opts *o, moec_b
     if (o->reps < 1 || o->prompt_a < 1 || o->prompt_b < 1 || o->gen < 1)
         return moec_err_set(err, MOEC_ERR_ARG, "bench: lengths and repetitions must be positive");
     moec_exec *ex;
-    moec_exec_opts eo = {o->threads, longest};
+    moec_exec_opts eo = {.threads = o->threads, .max_ctx = longest, .act_bits = o->act_bits};
     moec_status st = moec_exec_new(&ex, m, &eo, err);
     if (st)
         return st;

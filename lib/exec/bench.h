@@ -15,9 +15,10 @@ typedef struct moec_bench_opts {
     int prompt_b;      /* second prompt length (512) */
     int gen;           /* generated tokens (128) */
     bool profile;      /* collect a per-op profile */
+    int act_bits;      /* activation fake-quantization (moec_exec_opts.act_bits), 0 = off */
 } moec_bench_opts;
 
-#define MOEC_BENCH_OPTS_DEFAULT {2, 5, 128, 512, 128, false}
+#define MOEC_BENCH_OPTS_DEFAULT {2, 5, 128, 512, 128, false, 0}
 
 typedef struct moec_bench_result {
     double pp_a_tps, pp_b_tps, gen_tps;            /* medians, tokens/s */

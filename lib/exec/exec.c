@@ -10,6 +10,7 @@
 #include "core/threadpool.h"
 #include "exec/matmul.h"
 #include "exec/ops.h"
+#include "quant/qformat.h"
 
 #include <cblas.h>
 
@@ -47,6 +48,8 @@ struct moec_exec {
     float *sgate;         /* [cap] shared-expert gate logits */
     float **scores;       /* per thread: [cap][max_ctx] attention scores */
     float *hidden_last;   /* [d] */
+    int act_bits;         /* moec_exec_opts.act_bits */
+    float *aq;            /* act_bits: [max(cap, cap*top_k)][max(d, qdim, ffn_max)] quantized linear inputs */
 
     moec_moe_hook hook;
     void *hook_ctx;
@@ -89,7 +92,8 @@ static void free_batch(moec_exec *ex)
     free(ex->x), free(ex->xn), free(ex->q), free(ex->k), free(ex->v), free(ex->att);
     free(ex->logits_e), free(ex->probs), free(ex->sel), free(ex->gates), free(ex->routed);
     free(ex->tok), free(ex->row_gate), free(ex->gx), free(ex->h1), free(ex->h3), free(ex->ye);
-    free(ex->sgate);
+    free(ex->sgate), free(ex->aq);
+    ex->aq = NULL;
     if (ex->scores)
         for (int t = 0; t < ex->n_threads; t++)
             free(ex->scores[t]);
@@ -120,6 +124,11 @@ static moec_status reserve_batch(moec_exec *ex, int n, moec_err *err)
               (ex->scores = calloc((size_t)ex->n_threads, sizeof(float *)));
     for (int t = 0; ok && t < ex->n_threads; t++)
         ok = (ex->scores[t] = malloc(cap * (size_t)ex->max_ctx * 4)) != NULL;
+    if (ok && ex->act_bits) {
+        size_t w = d > (size_t)ex->qdim ? d : (size_t)ex->qdim;
+        w = w > (size_t)ex->ffn_max ? w : (size_t)ex->ffn_max;
+        ok = (ex->aq = malloc((rows > cap ? rows : cap) * w * 4)) != NULL;
+    }
     if (!ok) {
         free_batch(ex);
         return moec_err_set(err, MOEC_ERR_NOMEM, "out of memory for a batch of %d tokens", n);
@@ -155,12 +164,15 @@ moec_status moec_exec_new(moec_exec **out, const moec_model *m, const moec_exec_
     if (o.max_ctx > c->max_positions)
         return moec_err_set(err, MOEC_ERR_ARG, "context %d exceeds the model's max_position_embeddings %d",
                             o.max_ctx, c->max_positions);
+    if (o.act_bits != 0 && (o.act_bits < 2 || o.act_bits > 16))
+        return moec_err_set(err, MOEC_ERR_ARG, "activation bits %d: expected 0 (off) or 2..16", o.act_bits);
     moec_exec *ex = calloc(1, sizeof *ex);
     if (!ex)
         return moec_err_set(err, MOEC_ERR_NOMEM, "out of memory");
     ex->m = m;
     ex->n_threads = o.threads;
     ex->max_ctx = o.max_ctx;
+    ex->act_bits = o.act_bits;
     ex->qdim = c->n_heads * c->head_dim;
     ex->kvdim = c->n_kv_heads * c->head_dim;
     ex->ffn_max = c->expert_ffn;
@@ -229,6 +241,31 @@ void moec_exec_profile(const moec_exec *ex, uint64_t ns[MOEC_OP_COUNT])
     memcpy(ns, ex->prof, sizeof ex->prof);
 }
 
+/* ---- activation fake quantization (moec_exec_opts.act_bits, EAQuant W4A4) ----
+ * Returns x itself when off, else ex->aq holding x[rows][cols] quantized per
+ * row (token) to act_bits bits, symmetric, scale from the row's max |x|, and
+ * dequantized again: the linear layer then computes with exactly the values
+ * an integer kernel would see. */
+static const float *act_quant(moec_exec *ex, const float *x, int rows, int cols)
+{
+    if (!ex->act_bits)
+        return x;
+    const float qmax = (float)((1 << (ex->act_bits - 1)) - 1);
+    for (int i = 0; i < rows; i++) {
+        const float *r = x + (size_t)i * cols;
+        float *o = ex->aq + (size_t)i * cols;
+        float amax = 0.0f;
+        for (int c = 0; c < cols; c++)
+            amax = fmaxf(amax, fabsf(r[c]));
+        const float scale = amax / qmax;
+        for (int c = 0; c < cols; c++) {
+            float q = scale > 0.0f ? rintf(r[c] / scale) : 0.0f;
+            o[c] = fminf(fmaxf(q, -qmax), qmax) * scale;
+        }
+    }
+    return ex->aq;
+}
+
 /* ---- attention ---- */
 
 typedef struct {
@@ -294,9 +331,10 @@ static void attention_block(moec_exec *ex, int l, int n)
         prof_stop(ex, MOEC_OP_NORM, t0);
     }
     t0 = prof_start(ex);
-    moec_matmul(ex->pool, ex->q, ex->xn, n, &L->wq, false);
-    moec_matmul(ex->pool, ex->k, ex->xn, n, &L->wk, false);
-    moec_matmul(ex->pool, ex->v, ex->xn, n, &L->wv, false);
+    const float *xq = act_quant(ex, ex->xn, n, d);
+    moec_matmul(ex->pool, ex->q, xq, n, &L->wq, false);
+    moec_matmul(ex->pool, ex->k, xq, n, &L->wk, false);
+    moec_matmul(ex->pool, ex->v, xq, n, &L->wv, false);
     if (c->qkv_bias) {
         moec_add_bias_rows(ex->q, &L->bq, n, ex->qdim);
         moec_add_bias_rows(ex->k, &L->bk, n, ex->kvdim);
@@ -331,7 +369,7 @@ static void attention_block(moec_exec *ex, int l, int n)
         ex->attn_hook(ex->attn_hook_ctx, &v);
     }
     t0 = prof_start(ex);
-    moec_matmul(ex->pool, ex->x, ex->att, n, &L->wo, true); /* residual add */
+    moec_matmul(ex->pool, ex->x, act_quant(ex, ex->att, n, ex->qdim), n, &L->wo, true); /* residual add */
     prof_stop(ex, MOEC_OP_OPROJ, t0);
 }
 
@@ -341,10 +379,11 @@ static void attention_block(moec_exec *ex, int l, int n)
 static void ffn_apply(moec_exec *ex, const moec_ffn *f, const float *X, int rows, float *out, bool accumulate)
 {
     const int64_t ff = moec_tensor_rows(&f->w1);
+    X = act_quant(ex, X, rows, (int)moec_tensor_cols(&f->w1));
     moec_matmul(ex->pool, ex->h1, X, rows, &f->w1, false);
     moec_matmul(ex->pool, ex->h3, X, rows, &f->w3, false);
     moec_silu_mul(ex->h1, ex->h3, (int64_t)rows * ff);
-    moec_matmul(ex->pool, out, ex->h1, rows, &f->w2, accumulate);
+    moec_matmul(ex->pool, out, act_quant(ex, ex->h1, rows, (int)ff), rows, &f->w2, accumulate);
 }
 
 /* Router: softmax over all experts, top-k by probability, optional renormalisation. */
@@ -476,9 +515,13 @@ static moec_status forward_chunk(moec_exec *ex, const int32_t *tokens, int n, fl
     {
         t0 = prof_start(ex);
         const size_t row_bytes = (size_t)d * moec_dtype_size(m->embed.dtype);
-        for (int i = 0; i < n; i++)
-            moec_to_f32(ex->x + (size_t)i * d, (const char *)m->embed.data + (size_t)tokens[i] * row_bytes,
-                        m->embed.dtype, (size_t)d);
+        for (int i = 0; i < n; i++) {
+            if (m->embed.dtype == MOEC_DT_QUANT) /* quantized embedding: dequantize the token's row */
+                moec_qformat_dequant_row(m->embed.q, tokens[i], ex->x + (size_t)i * d);
+            else
+                moec_to_f32(ex->x + (size_t)i * d, (const char *)m->embed.data + (size_t)tokens[i] * row_bytes,
+                            m->embed.dtype, (size_t)d);
+        }
         prof_stop(ex, MOEC_OP_EMBED, t0);
     }
     for (int l = 0; l < c->n_layers; l++) {

@@ -24,9 +24,19 @@ typedef struct moec_exec moec_exec;
 typedef struct moec_exec_opts {
     int threads;   /* worker threads including the caller; default 1 */
     int max_ctx;   /* KV cache length in tokens; default min(cfg.max_positions, 2048) */
+    /* Activation quantization (EAQuant's W4A4 / W3A4 settings): 0 = off
+     * (default); 2..16 = the input of every linear layer of the attention
+     * (q/k/v and o_proj) and of every feed-forward block (routed experts,
+     * shared expert, dense MLP: w1/w3 and w2) is quantized per token,
+     * dynamically and symmetrically to act_bits bits before the product:
+     * s = max|x_row| / (2^(act_bits-1) - 1), x <- s * clamp(round(x / s),
+     * -(2^(act_bits-1) - 1), 2^(act_bits-1) - 1). Simulated in float (the
+     * product itself stays float32); the router, the shared-expert gate and
+     * lm_head read unquantized activations, and hooks see them unquantized. */
+    int act_bits;
 } moec_exec_opts;
 
-#define MOEC_EXEC_OPTS_DEFAULT {1, 0}
+#define MOEC_EXEC_OPTS_DEFAULT {1, 0, 0}
 
 /* What a hook sees of one MoE block for a batch of n tokens. Pointers are
  * valid only during the call. */

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "formats/container.h"
 #include "formats/safetensors.h"
 
 void *moec_model_alloc(moec_model *m, size_t bytes)
@@ -152,6 +153,7 @@ void moec_model_close(moec_model *m)
     free(m->tokenizer_json);
     if (m->st)
         moec_st_close(m->st);
+    moec_container_close(m->ct);
     free(m);
 }
 

@@ -12,6 +12,7 @@
 
 #include "core/fsutil.h"
 #include "formats/safetensors.h"
+#include "model/model_moec.h"
 
 /* ---- open ---- */
 
@@ -78,6 +79,8 @@ moec_status moec_model_open(moec_model **out, const char *path, moec_err *err)
     struct stat sb;
     if (stat(path, &sb) != 0)
         return moec_err_set(err, MOEC_ERR_IO, "%s: %s", path, strerror(errno));
+    if (S_ISREG(sb.st_mode))
+        return moec_model_open_moec(out, path, err);
     if (!S_ISDIR(sb.st_mode))
         return moec_err_set(err, MOEC_ERR_ARG, "%s: not a model directory (expected config.json and *.safetensors)",
                             path);

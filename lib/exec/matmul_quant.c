@@ -1,0 +1,370 @@
+#include "exec/matmul_quant.h"
+
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/dtype.h"
+#include "exec/matmul.h"
+#include "quant/qformat.h"
+#include "quant/qgemv.h"
+
+/* Below this many flops (2·n·rows·K) a product runs on the caller alone:
+ * waking the workers (~1 µs) would cost more than it saves. */
+#define PAR_MIN_FLOPS 49152
+/* Workers get multiples of this many output rows (64 bytes of y). */
+#define ROW_ALIGN 16
+/* Float32 bytes of dequantized weights per tile: it stays in L1/L2 between
+ * being written and being read (bench-qmatmul: 16 KiB to 256 KiB within
+ * noise of each other, 32 KiB marginally best at n = 1). */
+#define TILE_BYTES (32 * 1024)
+/* n up to this uses the qgemm kernel where its AVX-512 version applies.
+ * bench-qmatmul (AMD EPYC with AVX-512, mixtral-tiny shapes, 2/3/4 bits,
+ * group 64) measured dequantized tiles + matmul.c's F32 kernel faster for
+ * every n, n = 1 included (11 µs against 16 µs for 512x256), so 0 for now;
+ * raise it if qgemm gets faster. */
+#define DIRECT_MAX_N 0
+
+static _Atomic int forced_path;
+
+void moec_matmul_quant_force_path(int path)
+{
+    atomic_store_explicit(&forced_path, path, memory_order_relaxed);
+}
+
+int64_t moec_matmul_quant_direct_max_n(const moec_tensor *W)
+{
+    return W && W->q && strcmp(moec_qgemm_kernel(W->q), "avx512") == 0 ? DIRECT_MAX_N : 0;
+}
+
+/* Rows [a, b) of f as a format of their own, so that a kernel's row 0 is
+ * f's row a (y columns are then relative to a, as moec_matmul_ex's are). */
+static moec_qformat sub_rows(const moec_qformat *f, int64_t a, int64_t b)
+{
+    const int64_t ng = moec_qformat_ngroups(f);
+    const size_t cb = moec_qformat_packed_bytes(f->cols, f->bits);
+    const size_t zb = moec_qformat_packed_bytes(ng, f->bits);
+    moec_qformat s = *f;
+    s.rows = b - a;
+    s.codes = f->codes + (size_t)a * cb;
+    s.codes_bytes = (size_t)(b - a) * cb;
+    s.scales = f->scales + (size_t)a * (size_t)ng;
+    s.scales_bytes = (size_t)(b - a) * (size_t)ng * sizeof(uint16_t);
+    if (!f->symmetric) {
+        s.zeros = f->zeros + (size_t)a * zb;
+        s.zeros_bytes = (size_t)(b - a) * zb;
+    }
+    return s;
+}
+
+/* The kernel that needs no memory: one group at a time, codes unpacked in
+ * small chunks on the stack. y[i·ldy + r] (+)= x_i · Ŵ[r] for r < f->rows. */
+static void fallback_rows(const moec_qformat *f, float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n,
+                          bool acc)
+{
+    enum { CH = 64 };
+    const int64_t ng = moec_qformat_ngroups(f);
+    const size_t cb = moec_qformat_packed_bytes(f->cols, f->bits);
+    uint8_t q[CH];
+    float w[CH];
+    for (int64_t r = 0; r < f->rows; r++) {
+        const uint8_t *row = f->codes + (size_t)r * cb;
+        for (int64_t i = 0; i < n; i++) {
+            float sum = 0.0f;
+            for (int64_t g = 0; g < ng; g++) {
+                const float s = moec_qformat_scale(f, r, g);
+                const int z = moec_qformat_zero(f, r, g);
+                const int64_t c1 = (g + 1) * f->group < f->cols ? (g + 1) * f->group : f->cols;
+                for (int64_t c = g * f->group; c < c1; c += CH) {
+                    const int64_t cn = c1 - c < CH ? c1 - c : CH;
+                    moec_qunpack(q, row, c, cn, f->bits);
+                    for (int64_t k = 0; k < cn; k++)
+                        w[k] = s * (float)((int)q[k] - z);
+                    for (int64_t k = 0; k < cn; k++)
+                        sum += w[k] * x[i * ldx + c + k];
+                }
+            }
+            y[i * ldy + r] = acc ? y[i * ldy + r] + sum : sum;
+        }
+    }
+}
+
+/* ---- tile dequantization ----------------------------------------------
+ * Rows [r0, r1) of f into out [r1 - r0][cols] as float32: the values of
+ * moec_qformat_dequant_rows, s·(float)(q - z), bit for bit. */
+typedef void (*dequant_fn)(const moec_qformat *f, int64_t r0, int64_t r1, float *out);
+
+static void dequant_portable(const moec_qformat *f, int64_t r0, int64_t r1, float *out)
+{
+    moec_qformat_dequant_rows(f, r0, r1, out);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+#define T512 __attribute__((target("avx512f,avx512bw,avx512vl,f16c")))
+/* How far ahead of the row being converted its successors' codes are
+ * prefetched. */
+#define PREFETCH_BYTES 1024
+
+/* Two passes per row, both in L1: every 16 codes of a row start on a byte
+ * boundary (16·b bits), whatever the group size, so the row's codes become
+ * floats 16 at a time (the 2b source bytes broadcast to the four 128-bit
+ * lanes, a byte shuffle putting the two bytes that hold code i in dword i, a
+ * per-lane shift and a mask); then each group's floats become s·(q - z).
+ * (float)(q - z) equals (float)q - (float)z exactly for b <= 8. */
+T512 static void dequant_avx512(const moec_qformat *f, int64_t r0, int64_t r1, float *out)
+{
+    const int B = f->bits;
+    const int64_t cols = f->cols, ng = moec_qformat_ngroups(f), G = f->group < cols ? f->group : cols;
+    const size_t cb = moec_qformat_packed_bytes(cols, B), zb = moec_qformat_packed_bytes(ng, B);
+    uint8_t ctl[64];
+    uint32_t sh[16];
+    for (int i = 0; i < 16; i++) {
+        const int bit = B * i, byte = bit >> 3;
+        ctl[4 * i] = (uint8_t)byte;
+        ctl[4 * i + 1] = byte + 1 < 2 * B ? (uint8_t)(byte + 1) : 0x80;
+        ctl[4 * i + 2] = ctl[4 * i + 3] = 0x80;
+        sh[i] = (uint32_t)(bit & 7);
+    }
+    const __m512i vctl = _mm512_loadu_si512(ctl), vsh = _mm512_loadu_si512(sh);
+    const __m512i vmask = _mm512_set1_epi32((1 << B) - 1);
+    const __mmask16 load = (__mmask16)((1u << (2 * B)) - 1u);
+    uint8_t zs[256];
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *p = f->codes + (size_t)r * cb;
+        float *o = out + (size_t)(r - r0) * (size_t)cols;
+        const uint16_t *sc = f->scales + (size_t)r * (size_t)ng;
+        /* decode reads each expert's codes once, from L3 or memory: ask for
+         * the rows PREFETCH_BYTES ahead, as matmul.c's direct kernels do */
+        if (r + 1 < r1)
+            for (size_t b = 0; b < cb; b += 64)
+                _mm_prefetch((const char *)p + PREFETCH_BYTES + b, _MM_HINT_T0);
+        if (G % 16 == 0 && cols % 16 == 0) {
+            /* one pass: groups are whole 16-code steps */
+            for (int64_t g0 = 0; g0 < ng; g0 += 256) {
+                const int64_t gn = ng - g0 < 256 ? ng - g0 : 256;
+                if (f->symmetric)
+                    memset(zs, 1 << (B - 1), (size_t)gn);
+                else
+                    moec_qunpack(zs, f->zeros + (size_t)r * zb, g0, gn, B);
+                for (int64_t g = g0; g < g0 + gn; g++) {
+                    const __m512 vs = _mm512_set1_ps(_cvtsh_ss(sc[g]));
+                    const __m512i vz = _mm512_set1_epi32(zs[g - g0]);
+                    const int64_t c1 = (g + 1) * G < cols ? (g + 1) * G : cols;
+                    const uint8_t *pk = p + (size_t)(g * G / 16) * (size_t)(2 * B);
+                    for (int64_t k = g * G; k < c1; k += 16, pk += 2 * B) {
+                        __m512i v;
+                        if (B == 8) {
+                            v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)pk));
+                        } else {
+                            v = _mm512_broadcast_i32x4(_mm_maskz_loadu_epi8(load, pk));
+                            v = _mm512_and_si512(_mm512_srlv_epi32(_mm512_shuffle_epi8(v, vctl), vsh), vmask);
+                        }
+                        _mm512_storeu_ps(o + k, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(v, vz)), vs));
+                    }
+                }
+            }
+            continue;
+        }
+        int64_t c = 0;
+        for (; c + 16 <= cols; c += 16, p += 2 * B) {
+            __m512i v;
+            if (B == 8) {
+                v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
+            } else {
+                v = _mm512_broadcast_i32x4(_mm_maskz_loadu_epi8(load, p));
+                v = _mm512_and_si512(_mm512_srlv_epi32(_mm512_shuffle_epi8(v, vctl), vsh), vmask);
+            }
+            _mm512_storeu_ps(o + c, _mm512_cvtepi32_ps(v));
+        }
+        if (c < cols) {
+            uint8_t q[16];
+            moec_qunpack(q, f->codes + (size_t)r * cb, c, cols - c, B);
+            for (int64_t k = c; k < cols; k++)
+                o[k] = (float)q[k - c];
+        }
+        for (int64_t g0 = 0; g0 < ng; g0 += 256) {
+            const int64_t gn = ng - g0 < 256 ? ng - g0 : 256;
+            if (f->symmetric)
+                memset(zs, 1 << (B - 1), (size_t)gn);
+            else
+                moec_qunpack(zs, f->zeros + (size_t)r * zb, g0, gn, B);
+            for (int64_t g = g0; g < g0 + gn; g++) {
+                const __m512 vs = _mm512_set1_ps(_cvtsh_ss(sc[g]));
+                const __m512 vz = _mm512_set1_ps((float)zs[g - g0]);
+                const int64_t c1 = (g + 1) * G < cols ? (g + 1) * G : cols;
+                int64_t k = g * G;
+                for (; k + 16 <= c1; k += 16)
+                    _mm512_storeu_ps(o + k, _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(o + k), vz), vs));
+                if (k < c1) {
+                    const __mmask16 m = (__mmask16)((1u << (c1 - k)) - 1u);
+                    _mm512_mask_storeu_ps(o + k, m,
+                                          _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, o + k), vz), vs));
+                }
+            }
+        }
+    }
+}
+
+static dequant_fn best_dequant(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                   __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("f16c")
+               ? dequant_avx512
+               : dequant_portable;
+}
+#else
+static dequant_fn best_dequant(void)
+{
+    return dequant_portable;
+}
+#endif
+
+static dequant_fn dequant_rows(void)
+{
+    static dequant_fn _Atomic fn;
+    dequant_fn d = atomic_load_explicit(&fn, memory_order_relaxed);
+    if (!d) {
+        d = best_dequant();
+        atomic_store_explicit(&fn, d, memory_order_relaxed);
+    }
+    return d;
+}
+
+struct qjob {
+    moec_pool *pool;
+    const moec_qformat *f;
+    float *y;
+    int64_t ldy;
+    const float *x; /* contiguous (ldx == cols) whenever direct */
+    int64_t ldx;
+    int64_t n;
+    int64_t r0, r1; /* rows of f */
+    int64_t chunk;  /* rows per worker */
+    bool acc;
+    bool direct;
+    bool fallback_only;
+};
+
+static void *scratch(const struct qjob *j, int thread, size_t bytes)
+{
+    return j->pool ? moec_pool_scratch(j->pool, thread, bytes) : malloc(bytes);
+}
+
+static void release(const struct qjob *j, void *p)
+{
+    if (!j->pool)
+        free(p);
+}
+
+/* qgemm on f's rows [a, b) into y columns [a - r0, b - r0). */
+static bool direct_part(const struct qjob *j, int thread, int64_t a, int64_t b)
+{
+    const moec_qformat s = sub_rows(j->f, a, b);
+    const int64_t rows = b - a;
+    float *y = j->y + (a - j->r0);
+    if (!j->acc)
+        return moec_qgemm(&s, j->x, j->n, y, j->ldy, 0, rows, NULL) == MOEC_OK;
+    /* qgemm overwrites: compute into scratch, then add */
+    float *t = scratch(j, thread, (size_t)(j->n * rows) * sizeof(float));
+    if (!t)
+        return false;
+    bool ok = moec_qgemm(&s, j->x, j->n, t, rows, 0, rows, NULL) == MOEC_OK;
+    for (int64_t i = 0; ok && i < j->n; i++)
+        for (int64_t r = 0; r < rows; r++)
+            y[i * j->ldy + r] += t[i * rows + r];
+    release(j, t);
+    return ok;
+}
+
+/* Dequantized float32 tiles of f's rows [a, b), each multiplied by
+ * moec_matmul_ex: matmul.c's direct F32 kernel, or sgemm where its kernel
+ * family prefers that for this n. */
+static bool tile_part(const struct qjob *j, int thread, int64_t a, int64_t b)
+{
+    const int64_t K = j->f->cols;
+    int64_t tile_rows = TILE_BYTES / (K * (int64_t)sizeof(float));
+    if (tile_rows < ROW_ALIGN)
+        tile_rows = ROW_ALIGN;
+    if (tile_rows > b - a)
+        tile_rows = b - a;
+    float *tile = scratch(j, thread, (size_t)(tile_rows * K) * sizeof(float));
+    if (!tile)
+        return false;
+    const dequant_fn dequant = dequant_rows();
+    for (int64_t r = a; r < b; r += tile_rows) {
+        const int64_t tr = b - r < tile_rows ? b - r : tile_rows;
+        dequant(j->f, r, r + tr, tile);
+        const moec_tensor t = {.dtype = MOEC_DT_F32, .ndim = 2, .shape = {tr, K}, .data = tile,
+                               .nbytes = (size_t)(tr * K) * sizeof(float)};
+        /* on the caller (no pool): this worker is already one of the pool's */
+        moec_matmul_ex(NULL, j->y + (r - j->r0), j->ldy, j->x, j->ldx, j->n, &t, 0, tr, j->acc);
+    }
+    release(j, tile);
+    return true;
+}
+
+static void qworker(void *ctx, int thread, int n_threads)
+{
+    (void)n_threads;
+    const struct qjob *j = ctx;
+    const int64_t a = j->r0 + (int64_t)thread * j->chunk;
+    if (a >= j->r1)
+        return;
+    const int64_t b = a + j->chunk < j->r1 ? a + j->chunk : j->r1;
+    if (!j->fallback_only && (j->direct ? direct_part(j, thread, a, b) : tile_part(j, thread, a, b)))
+        return;
+    const moec_qformat s = sub_rows(j->f, a, b);
+    fallback_rows(&s, j->y + (a - j->r0), j->ldy, j->x, j->ldx, j->n, j->acc);
+}
+
+void moec_matmul_quant(moec_pool *pool, float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n,
+                       const moec_tensor *W, int64_t r0, int64_t r1, bool accumulate)
+{
+    const moec_qformat *f = W->q;
+    const int64_t rows = r1 - r0, K = f->cols;
+    if (n <= 0 || rows <= 0)
+        return;
+    const int path = atomic_load_explicit(&forced_path, memory_order_relaxed);
+    struct qjob j = {
+        .pool = pool,
+        .f = f,
+        .y = y,
+        .ldy = ldy,
+        .x = x,
+        .ldx = ldx,
+        .n = n,
+        .r0 = r0,
+        .r1 = r1,
+        .acc = accumulate,
+        .direct = path == 1 || (path == 0 && n <= moec_matmul_quant_direct_max_n(W)),
+        .fallback_only = path == 3,
+    };
+    float *packed = NULL;
+    if (j.direct && ldx != K) {
+        /* qgemm reads x rows back to back */
+        packed = malloc((size_t)(n * K) * sizeof(float));
+        if (packed) {
+            for (int64_t i = 0; i < n; i++)
+                memcpy(packed + i * K, x + i * ldx, (size_t)K * sizeof(float));
+            j.x = packed;
+            j.ldx = K;
+        } else {
+            j.direct = false; /* sgemm takes any ldx */
+        }
+    }
+    const int nt = moec_pool_size(pool);
+    const double flops = 2.0 * (double)n * (double)rows * (double)K;
+    if (nt == 1 || flops < PAR_MIN_FLOPS) {
+        /* the caller is worker 0, so the pool's scratch 0 is its to use */
+        j.chunk = rows;
+        qworker(&j, 0, 1);
+    } else {
+        const int64_t per = (rows + nt - 1) / nt;
+        j.chunk = (per + ROW_ALIGN - 1) / ROW_ALIGN * ROW_ALIGN;
+        moec_pool_run(pool, qworker, &j);
+    }
+    free(packed);
+}

@@ -1,0 +1,413 @@
+/* model_moec.c - a moec_model <-> a .moec container, and the quantized
+ * tensors such a model holds. */
+#include "model/model_moec.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "formats/container.h"
+#include "quant/qformat.h"
+
+/* ---- quantized tensors owned by a model ---- */
+
+moec_status moec_model_set_quant(moec_model *m, moec_tensor *t, const moec_qformat *f, const char *name,
+                                 moec_err *err)
+{
+    moec_status st = moec_qformat_validate(f, name, err);
+    if (st)
+        return st;
+    moec_qformat *q = moec_model_alloc(m, sizeof *q);
+    uint8_t *codes = moec_model_alloc(m, f->codes_bytes);
+    uint16_t *scales = moec_model_alloc(m, f->scales_bytes);
+    uint8_t *zeros = f->symmetric ? NULL : moec_model_alloc(m, f->zeros_bytes);
+    if (!q || !codes || !scales || (!f->symmetric && !zeros))
+        return moec_err_set(err, MOEC_ERR_NOMEM, "%s: out of memory for a %lldx%lld quantized tensor",
+                            name ? name : "tensor", (long long)f->rows, (long long)f->cols);
+    *q = *f;
+    memcpy(codes, f->codes, f->codes_bytes);
+    memcpy(scales, f->scales, f->scales_bytes);
+    if (zeros)
+        memcpy(zeros, f->zeros, f->zeros_bytes);
+    q->codes = codes;
+    q->scales = scales;
+    q->zeros = zeros;
+    *t = moec_qformat_tensor(q);
+    return MOEC_OK;
+}
+
+typedef struct {
+    moec_model *m;
+    moec_dtype dtype;
+} dequant_ctx;
+
+static moec_status dequant_slot(void *vctx, const moec_slot *s, moec_err *err)
+{
+    dequant_ctx *ctx = vctx;
+    if (!moec_tensor_present(s->t) || s->t->dtype != MOEC_DT_QUANT)
+        return MOEC_OK;
+    const moec_qformat *f = s->t->q;
+    if (!f)
+        return moec_err_set(err, MOEC_ERR_INTERNAL, "tensor %s is quantized but has no format", s->name);
+    float *row = malloc((size_t)f->cols * sizeof *row);
+    if (!row)
+        return moec_err_set(err, MOEC_ERR_NOMEM, "%s: out of memory", s->name);
+    moec_tensor t;
+    moec_status st = moec_model_new_tensor(ctx->m, &t, ctx->dtype, f->rows, f->cols, err);
+    if (st == MOEC_OK) {
+        const size_t es = moec_dtype_size(ctx->dtype);
+        for (int64_t r = 0; r < f->rows; r++) {
+            moec_qformat_dequant_row(f, r, row);
+            moec_from_f32((char *)t.data + (size_t)r * (size_t)f->cols * es, row, ctx->dtype, (size_t)f->cols);
+        }
+        *s->t = t;
+    }
+    free(row);
+    return st;
+}
+
+moec_status moec_model_dequantize(moec_model *m, moec_dtype dtype, moec_err *err)
+{
+    if (!moec_dtype_is_compute(dtype))
+        return moec_err_set(err, MOEC_ERR_ARG, "dequantize: target dtype %s is not F32, F16 or BF16",
+                            moec_dtype_name(dtype));
+    dequant_ctx ctx = {m, dtype};
+    moec_status st = moec_model_for_each_slot(m, dequant_slot, &ctx, err);
+    if (st == MOEC_OK && m->cfg.tie_embeddings)
+        m->lm_head = m->embed;
+    return st;
+}
+
+/* ---- save ---- */
+
+typedef struct {
+    moec_container_writer *w;
+    const moec_moec_save_opts *o;
+} save_ctx;
+
+static moec_status shape_matches(const moec_slot *s, const moec_tensor *t, moec_err *err)
+{
+    bool ok = t->ndim == s->ndim && t->shape[0] == s->shape[0] && (s->ndim == 1 || t->shape[1] == s->shape[1]);
+    if (ok)
+        return MOEC_OK;
+    if (s->ndim == 1)
+        return moec_err_set(err, MOEC_ERR_SHAPE, "tensor %s: %d-D [%lld,...] where the config implies [%lld]", s->name,
+                            t->ndim, (long long)t->shape[0], (long long)s->shape[0]);
+    return moec_err_set(err, MOEC_ERR_SHAPE, "tensor %s: %d-D [%lld,%lld] where the config implies [%lld,%lld]",
+                        s->name, t->ndim, (long long)t->shape[0], (long long)(t->ndim > 1 ? t->shape[1] : 0),
+                        (long long)s->shape[0], (long long)s->shape[1]);
+}
+
+static moec_status save_slot(void *vctx, const moec_slot *s, moec_err *err)
+{
+    save_ctx *ctx = vctx;
+    const moec_tensor *t = s->t;
+    if (!moec_tensor_present(t)) {
+        if (s->optional)
+            return MOEC_OK;
+        return moec_err_set(err, MOEC_ERR_INTERNAL, "tensor %s is absent", s->name);
+    }
+    moec_status st = shape_matches(s, t, err);
+    if (st)
+        return st;
+    moec_ctensor_desc d;
+    memset(&d, 0, sizeof d);
+    d.name = s->name;
+    d.type.ndim = t->ndim;
+    for (int k = 0; k < t->ndim; k++)
+        d.type.shape[k] = t->shape[k];
+    d.compress = ctx->o->compress ? MOEC_COMPRESS_AUTO : MOEC_COMPRESS_NONE;
+    if (t->dtype == MOEC_DT_QUANT) {
+        const moec_qformat *f = t->q;
+        if (!f)
+            return moec_err_set(err, MOEC_ERR_INTERNAL, "tensor %s is quantized but has no format", s->name);
+        if ((st = moec_qformat_validate(f, s->name, err)))
+            return st;
+        if (f->rows != t->shape[0] || f->cols != t->shape[1])
+            return moec_err_set(err, MOEC_ERR_INTERNAL, "tensor %s: format %lldx%lld, view %lldx%lld", s->name,
+                                (long long)f->rows, (long long)f->cols, (long long)t->shape[0],
+                                (long long)t->shape[1]);
+        d.type.storage = MOEC_STORAGE_GROUPWISE;
+        d.type.bits = f->bits;
+        d.type.group = f->group;
+        d.type.symmetric = f->symmetric;
+        d.sections[d.n_sections++] = (moec_csection){MOEC_SECTION_CODES, f->codes, f->codes_bytes};
+        d.sections[d.n_sections++] = (moec_csection){MOEC_SECTION_SCALES, f->scales, f->scales_bytes};
+        if (!f->symmetric)
+            d.sections[d.n_sections++] = (moec_csection){MOEC_SECTION_ZEROS, f->zeros, f->zeros_bytes};
+    } else {
+        switch (t->dtype) {
+        case MOEC_DT_F32: d.type.storage = MOEC_STORAGE_F32; break;
+        case MOEC_DT_F16: d.type.storage = MOEC_STORAGE_F16; break;
+        case MOEC_DT_BF16: d.type.storage = MOEC_STORAGE_BF16; break;
+        default:
+            return moec_err_set(err, MOEC_ERR_UNSUPPORTED, "tensor %s has dtype %s; .moec stores F32, F16, BF16 "
+                                "and group-wise quantized tensors", s->name, moec_dtype_name(t->dtype));
+        }
+        size_t bytes = (size_t)moec_tensor_numel(t) * moec_dtype_size(t->dtype);
+        if (t->nbytes < bytes || !t->data)
+            return moec_err_set(err, MOEC_ERR_INTERNAL, "tensor %s: %zu bytes of data, its shape needs %zu", s->name,
+                                t->nbytes, bytes);
+        d.sections[d.n_sections++] = (moec_csection){MOEC_SECTION_DATA, t->data, bytes};
+    }
+    return moec_container_writer_add_tensor(ctx->w, &d, err);
+}
+
+moec_status moec_model_save_moec(const moec_model *m, const char *path, const moec_moec_save_opts *o,
+                                 moec_err *err)
+{
+    const moec_moec_save_opts defaults = MOEC_MOEC_SAVE_OPTS_DEFAULT;
+    if (!o)
+        o = &defaults;
+    moec_container_writer_opts wo;
+    moec_container_writer_opts_default(&wo);
+    if (o->zstd_level)
+        wo.zstd_level = o->zstd_level;
+    moec_container_writer *w = NULL;
+    char *config = NULL;
+    moec_status st = moec_container_writer_new(&wo, &w, err);
+    if (st)
+        return st;
+    /* per-tensor quantization lives in the tensor entries; the config keeps
+     * only what HF knows (expert counts as stored) */
+    if ((st = moec_config_to_hf_json(&m->cfg, m->config_json, &config, err)) ||
+        (st = moec_container_writer_add_blob(w, "config.json", config, strlen(config), err)))
+        goto done;
+    if (m->tokenizer_json &&
+        (st = moec_container_writer_add_blob(w, "tokenizer.json", m->tokenizer_json, m->tokenizer_json_len, err)))
+        goto done;
+    if (o->report_json &&
+        (st = moec_container_writer_add_blob(w, "report.json", o->report_json, strlen(o->report_json), err)))
+        goto done;
+    /* streaming: each tensor is encoded and written as it is added */
+    if ((st = moec_container_writer_stream(w, path, err)))
+        goto done;
+    save_ctx ctx = {w, o};
+    if ((st = moec_model_for_each_slot((moec_model *)m, save_slot, &ctx, err)))
+        goto done;
+    st = moec_container_writer_write(w, path, err);
+done:
+    moec_container_writer_free(w);
+    free(config);
+    return st;
+}
+
+/* ---- open ---- */
+
+typedef struct {
+    moec_model *m;
+    const moec_container *ct;
+    unsigned char *used; /* per container tensor: consumed by a slot */
+} bind_ctx;
+
+static moec_dtype storage_dtype(moec_storage s)
+{
+    return s == MOEC_STORAGE_F32 ? MOEC_DT_F32 : s == MOEC_STORAGE_F16 ? MOEC_DT_F16 : MOEC_DT_BF16;
+}
+
+/* The decoded bytes of a section: in the mapping when RAW, else decoded
+ * once into a buffer the model owns. */
+static moec_status section_bytes(bind_ctx *ctx, size_t i, moec_section_kind kind, const void **data, size_t *size,
+                                 const char *name, moec_err *err)
+{
+    const moec_ctensor_info *info = moec_container_tensor(ctx->ct, i);
+    const moec_csection_info *sec = NULL;
+    for (int k = 0; k < info->n_sections; k++)
+        if (info->sections[k].kind == kind)
+            sec = &info->sections[k];
+    if (!sec)
+        return moec_err_set(err, MOEC_ERR_FORMAT, "tensor %s has no %s section", name, moec_section_kind_name(kind));
+    if (sec->encoding == MOEC_ENCODING_RAW)
+        return moec_container_section_ptr(ctx->ct, i, kind, data, size, err);
+    if (sec->size > SIZE_MAX)
+        return moec_err_set(err, MOEC_ERR_FORMAT, "tensor %s: %s section too large", name,
+                            moec_section_kind_name(kind));
+    void *buf = moec_model_alloc(ctx->m, (size_t)sec->size);
+    if (!buf)
+        return moec_err_set(err, MOEC_ERR_NOMEM, "tensor %s: out of memory decoding %llu bytes", name,
+                            (unsigned long long)sec->size);
+    moec_status st = moec_container_section_read(ctx->ct, i, kind, 0, buf, (size_t)sec->size, err);
+    if (st)
+        return st;
+    *data = buf;
+    *size = (size_t)sec->size;
+    return MOEC_OK;
+}
+
+static moec_status bind_slot(void *vctx, const moec_slot *s, moec_err *err)
+{
+    bind_ctx *ctx = vctx;
+    int64_t idx = moec_container_find(ctx->ct, s->name);
+    if (idx < 0) {
+        if (s->optional)
+            return MOEC_OK;
+        return moec_err_set(err, MOEC_ERR_FORMAT, "tensor %s is missing from the container", s->name);
+    }
+    const size_t i = (size_t)idx;
+    ctx->used[i] = 1;
+    const moec_ctensor_type *ty = &moec_container_tensor(ctx->ct, i)->type;
+    moec_tensor t;
+    memset(&t, 0, sizeof t);
+    t.ndim = ty->ndim;
+    for (int k = 0; k < ty->ndim && k < MOEC_MAX_DIMS; k++)
+        t.shape[k] = ty->shape[k];
+    moec_status st = shape_matches(s, &t, err);
+    if (st)
+        return st;
+    const void *data;
+    size_t size;
+    if (ty->storage != MOEC_STORAGE_GROUPWISE) {
+        if ((st = section_bytes(ctx, i, MOEC_SECTION_DATA, &data, &size, s->name, err)))
+            return st;
+        t.dtype = storage_dtype(ty->storage);
+        if (size != (size_t)moec_tensor_numel(&t) * moec_dtype_size(t.dtype))
+            return moec_err_set(err, MOEC_ERR_FORMAT, "tensor %s: DATA holds %zu bytes, its shape needs %zu", s->name,
+                                size, (size_t)moec_tensor_numel(&t) * moec_dtype_size(t.dtype));
+        t.data = data;
+        t.nbytes = size;
+        *s->t = t;
+        return MOEC_OK;
+    }
+    if (s->ndim != 2)
+        return moec_err_set(err, MOEC_ERR_UNSUPPORTED,
+                            "tensor %s is stored group-wise quantized; moec quantizes only 2-D weights", s->name);
+    moec_qformat *f = moec_model_alloc(ctx->m, sizeof *f);
+    if (!f)
+        return moec_err_set(err, MOEC_ERR_NOMEM, "out of memory");
+    f->bits = ty->bits;
+    f->group = ty->group;
+    f->symmetric = ty->symmetric != 0;
+    f->rows = ty->shape[0];
+    f->cols = ty->shape[1];
+    if ((st = section_bytes(ctx, i, MOEC_SECTION_CODES, &data, &f->codes_bytes, s->name, err)))
+        return st;
+    f->codes = data;
+    if ((st = section_bytes(ctx, i, MOEC_SECTION_SCALES, &data, &f->scales_bytes, s->name, err)))
+        return st;
+    f->scales = data;
+    if (!f->symmetric) {
+        if ((st = section_bytes(ctx, i, MOEC_SECTION_ZEROS, &data, &f->zeros_bytes, s->name, err)))
+            return st;
+        f->zeros = data;
+    }
+    if ((st = moec_qformat_validate(f, s->name, err)))
+        return st;
+    *s->t = moec_qformat_tensor(f);
+    return MOEC_OK;
+}
+
+static bool has_blob(const moec_container *ct, const char *name)
+{
+    for (size_t i = 0; i < moec_container_blob_count(ct); i++)
+        if (strcmp(moec_container_blob_name(ct, i), name) == 0)
+            return true;
+    return false;
+}
+
+/* A NUL-terminated copy of a blob. */
+static moec_status blob_text(const moec_container *ct, const char *name, char **out, size_t *len, moec_err *err)
+{
+    const void *data;
+    size_t size;
+    moec_status st = moec_container_blob(ct, name, &data, &size, err);
+    if (st)
+        return st;
+    char *s = malloc(size + 1);
+    if (!s)
+        return moec_err_set(err, MOEC_ERR_NOMEM, "out of memory for blob %s", name);
+    memcpy(s, data, size);
+    s[size] = '\0';
+    if (memchr(s, '\0', size)) {
+        free(s);
+        return moec_err_set(err, MOEC_ERR_FORMAT, "blob %s contains a NUL byte; expected JSON text", name);
+    }
+    *out = s;
+    if (len)
+        *len = size;
+    return MOEC_OK;
+}
+
+/* Whether the file starts with the container magic (docs/format.md: it
+ * never changes). Unreadable files count as containers so that the reader
+ * reports why. */
+static bool looks_like_container(const char *path)
+{
+    static const unsigned char magic[8] = {'M', 'O', 'E', 'C', '\r', '\n', 0x1a, '\n'};
+    unsigned char head[8];
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return true;
+    size_t n = fread(head, 1, sizeof head, f);
+    fclose(f);
+    return n == sizeof head && memcmp(head, magic, sizeof head) == 0;
+}
+
+moec_status moec_model_open_moec(moec_model **out, const char *path, moec_err *err)
+{
+    *out = NULL;
+    if (!looks_like_container(path))
+        return moec_err_set(err, MOEC_ERR_ARG,
+                            "%s: not a model (neither a checkpoint directory nor a .moec container)", path);
+    moec_container *ct;
+    moec_status st = moec_container_open(path, 0, &ct, err);
+    if (st)
+        return st;
+    char *config_text = NULL;
+    moec_config cfg;
+    if (!has_blob(ct, "config.json")) {
+        moec_container_close(ct);
+        return moec_err_set(err, MOEC_ERR_FORMAT, "%s: no config.json blob; not a moec model container", path);
+    }
+    if ((st = blob_text(ct, "config.json", &config_text, NULL, err)) ||
+        (st = moec_config_parse_hf(&cfg, config_text, err))) {
+        moec_err_prefix(err, "%s: config.json", path);
+        free(config_text);
+        moec_container_close(ct);
+        return st;
+    }
+    moec_model *m;
+    if ((st = moec_model_new_empty(&m, &cfg, err))) {
+        free(config_text);
+        moec_container_close(ct);
+        return st;
+    }
+    m->ct = ct;
+    m->config_json = config_text;
+    size_t file_size = 0;
+    moec_container_bytes(ct, &file_size);
+    m->file_bytes = file_size;
+    if (!(m->source = strdup(path))) {
+        st = moec_err_set(err, MOEC_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    if (has_blob(ct, "tokenizer.json") &&
+        (st = blob_text(ct, "tokenizer.json", &m->tokenizer_json, &m->tokenizer_json_len, err))) {
+        moec_err_prefix(err, "%s", path);
+        goto fail;
+    }
+    size_t n = moec_container_tensor_count(ct);
+    bind_ctx ctx = {m, ct, calloc(n ? n : 1, 1)};
+    if (!ctx.used) {
+        st = moec_err_set(err, MOEC_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    st = moec_model_for_each_slot(m, bind_slot, &ctx, err);
+    for (size_t i = 0; st == MOEC_OK && i < n; i++)
+        if (!ctx.used[i])
+            st = moec_err_set(err, MOEC_ERR_SHAPE,
+                              "tensor %s is not part of a %s model as config.json describes it (wrong expert or "
+                              "layer count?)",
+                              moec_container_tensor(ct, i)->name, moec_arch_name(m->cfg.arch));
+    free(ctx.used);
+    if (st) {
+        moec_err_prefix(err, "%s", path);
+        goto fail;
+    }
+    if (m->cfg.tie_embeddings)
+        m->lm_head = m->embed;
+    *out = m;
+    return MOEC_OK;
+fail:
+    moec_model_close(m);
+    return st;
+}
