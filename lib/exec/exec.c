@@ -286,17 +286,24 @@ static void attend_head(moec_exec *ex, int layer, int h, int n, int p0, float *s
     const float scale = 1.0f / sqrtf((float)hd);
 
     if (n >= 8) {
-        /* batch: S = Q Kᵀ and O = P V as matrix products, masked rows zeroed */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, total, hd, scale, Q, ex->qdim, K, ex->kvdim, 0.0f,
-                    scores, total);
-        for (int i = 0; i < n; i++) {
-            float *s = scores + (size_t)i * total;
-            int len = p0 + i + 1;
-            moec_softmax(s, len);
-            memset(s + len, 0, (size_t)(total - len) * sizeof(float));
+        /* batch: S = Q Kᵀ and O = P V as matrix products over blocks of
+         * queries, each block only against the keys it can see (causal), so
+         * the masked upper triangle is mostly never computed */
+        enum { QB = 64 };
+        for (int i0 = 0; i0 < n; i0 += QB) {
+            const int b = n - i0 < QB ? n - i0 : QB;
+            const int keys = p0 + i0 + b;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, b, keys, hd, scale, Q + (size_t)i0 * ex->qdim,
+                        ex->qdim, K, ex->kvdim, 0.0f, scores, keys);
+            for (int i = 0; i < b; i++) {
+                float *s = scores + (size_t)i * keys;
+                int len = p0 + i0 + i + 1;
+                moec_softmax(s, len);
+                memset(s + len, 0, (size_t)(keys - len) * sizeof(float));
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, b, hd, keys, 1.0f, scores, keys, V, ex->kvdim,
+                        0.0f, O + (size_t)i0 * ex->qdim, ex->qdim);
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, hd, total, 1.0f, scores, total, V, ex->kvdim,
-                    0.0f, O, ex->qdim);
         return;
     }
     for (int i = 0; i < n; i++) {
