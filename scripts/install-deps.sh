@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything moec needs to build and test on Debian 12 (run as root or with sudo).
+# jq and column (bsdextrautils) only format the demo's comparison table.
 set -euo pipefail
 PKGS="build-essential cmake pkg-config libopenblas-dev liblapacke-dev libglpk-dev libzstd-dev
-      libcmocka-dev libcjson-dev libpcre2-dev libutf8proc-dev libxxhash-dev"
+      libcmocka-dev libcjson-dev libpcre2-dev libutf8proc-dev libxxhash-dev jq bsdextrautils"
 missing=""
 for p in $PKGS; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"

@@ -278,7 +278,6 @@ static void attend_head(moec_exec *ex, int layer, int h, int n, int p0, float *s
 {
     const moec_config *c = &ex->m->cfg;
     const int hd = c->head_dim, group = c->n_heads / c->n_kv_heads, kvh = h / group;
-    const int total = p0 + n;
     const float *K = ex->kcache + ((size_t)layer * ex->max_ctx) * ex->kvdim + (size_t)kvh * hd;
     const float *V = ex->vcache + ((size_t)layer * ex->max_ctx) * ex->kvdim + (size_t)kvh * hd;
     const float *Q = ex->q + (size_t)h * hd;

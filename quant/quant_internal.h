@@ -1,0 +1,122 @@
+/* quant_internal.h - what recipe.c, quant_hessians.c, quant_mcmoe.c and
+ * quant_verify.c share: the calibration windows, the pass runner and the
+ * per-layer collections. Not a public header. */
+#ifndef MOEC_QUANT_QUANT_INTERNAL_H
+#define MOEC_QUANT_QUANT_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/error.h"
+#include "core/threadpool.h"
+#include "exec/exec.h"
+#include "model/model.h"
+#include "quant/eaquant.h"
+#include "quant/qformat.h"
+#include "quant/recipe.h"
+
+/* The calibration windows and how every pass runs them. */
+typedef struct qr_windows {
+    const int32_t *ids;
+    const int *len;     /* [n] */
+    size_t *start;      /* [n] offset of each window in ids */
+    int n;
+    int max_len;
+    int64_t tokens;     /* Σ len */
+    int threads;        /* executor threads */
+    int act_bits;       /* executor activation quantization of the working model */
+} qr_windows;
+
+/* A hook cannot return an error: it records the first one here. */
+typedef struct qr_hook_status {
+    moec_status st;
+    moec_err err;
+} qr_hook_status;
+
+/* Runs windows through m (from an empty cache each) with the given hooks
+ * (either may be NULL), using the original model's settings when
+ * `original` (no activation quantization) or w->act_bits otherwise; stops
+ * after max_tokens tokens when > 0. Fails with the executor's error or the
+ * hook's recorded one. */
+moec_status qr_run_pass(const qr_windows *w, const moec_model *m, bool original, int64_t max_tokens,
+                        moec_moe_hook mh, moec_attn_hook ah, void *hctx, qr_hook_status *hs, moec_err *err);
+
+/* ---- quant_hessians.c ---- */
+
+/* Attention pass of layer `layer`: Hx += Σ xxᵀ of the q/k/v input [d][d],
+ * Ha += Σ aaᵀ of the o_proj input [qdim][qdim] (upper triangles, zeroed by
+ * the caller), *n = tokens. */
+moec_status qr_collect_attn(const qr_windows *w, const moec_model *work, moec_pool *pool, int layer, double *Hx,
+                            double *Ha, int64_t *n, moec_err *err);
+
+/* What one MoE-layer pass collects (fields left NULL are not collected). */
+typedef struct qr_moe_collect {
+    int layer, E, d, k;
+    int64_t f, fs;            /* expert and shared-expert intermediate sizes */
+    int act_bits;             /* applied to x before w1/w3 when computing intermediates */
+    /* Hessians; rows = routed tokens of each expert (+ balance rows, added by qr_moe_add_extras) */
+    double **H1;              /* [E] -> [d][d] */
+    double **H2;              /* [E] -> [f][f]: u = silu(w1 x) ⊙ (w3 x) with the working model's current w1/w3 */
+    int64_t *n_h;             /* [E] rows in H1/H2 */
+    double *Hs1, *Hs2;        /* shared expert: [d][d], [fs][fs] over all tokens */
+    int64_t n_s;
+    /* routing of the pass */
+    int64_t *routed;          /* [E] */
+    double *gate_sum;         /* [E] */
+    moec_eaq_balance *bal;    /* fed in the pass when not NULL */
+    float *absmax;            /* [d] max |x_j| over all tokens */
+    /* token sample for EAQuant's search: every stride-th token, up to cap */
+    int cap, n_sample;
+    int64_t stride, seen;
+    float *sx;                /* [cap][d] */
+    float *sprobs;            /* [cap][E] */
+    int32_t *ssel;            /* [cap][k] */
+    float *sgates;            /* [cap][k] */
+    float *sshared;           /* [cap] weight of the shared expert's output (sigmoid gate or 1) */
+    /* internal */
+    const moec_model *work;
+    moec_pool *pool;
+    qr_hook_status hs;
+} qr_moe_collect;
+
+/* One pass of layer c->layer through the working model filling c. */
+moec_status qr_collect_moe(const qr_windows *w, const moec_model *work, qr_moe_collect *c, moec_err *err);
+
+/* Adds the balance rows of bal (unsmoothed inputs, divided by s when s is
+ * not NULL) to H1 and H2 (intermediates through the working model's current
+ * w1/w3 of the layer) of each expert; extra[e] (may be NULL) receives the
+ * count. */
+moec_status qr_moe_add_extras(qr_moe_collect *c, moec_eaq_balance *bal, const float *s, int64_t *extra,
+                              moec_err *err);
+
+/* Runs fn(ctx, i, thread) for i in [0, n) spread over the pool's workers
+ * (i = thread, thread + workers, ...). */
+void qr_parallel_for(moec_pool *pool, int n, void (*fn)(void *ctx, int i, int thread), void *ctx);
+
+/* ---- quant_mcmoe.c ---- */
+
+/* Candidate quantizations of one routed expert at each width of a list. */
+typedef struct qr_cand {
+    moec_qmatrix w[3];        /* w1, w3, w2 */
+    bool have_w2;
+} qr_cand;
+
+/* ε[e][b] += Σ over e's routed tokens of ‖y_e − ŷ_e,b‖² with y_e the
+ * working model's output of the layer (still full precision, smoothed)
+ * and ŷ_e,b the candidate's, act-quantized inputs as the executor; one pass. */
+moec_status qr_measure_eps(const qr_windows *w, const moec_model *work, moec_pool *pool, int layer,
+                           const qr_cand *cand /* [E][n_b] */, int n_b, double *eps /* [E][n_b] */,
+                           moec_err *err);
+
+/* ---- quant_verify.c ---- */
+
+/* Compares the working model with the original on up to max_tokens tokens
+ * of the windows: mean KL(original ‖ work), top-1 agreement, and per MoE
+ * layer the routing top-k agreement and the routed block's relative output
+ * error given the working model's inputs (the original experts evaluated on
+ * the same inputs, unsmoothed with s[layer] when not NULL). Fills rep's
+ * verify fields and rep->layers[*].block_err / router_agree. */
+moec_status qr_verify(const qr_windows *w, const moec_model *src, const moec_model *work, float *const *s,
+                      int64_t max_tokens, moec_quant_report *rep, moec_err *err);
+
+#endif
