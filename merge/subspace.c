@@ -103,8 +103,8 @@ moec_status moec_subspace_peak_bytes(int m, int rows, int cols, moec_share_side 
     if (m < 1 || rows < 1 || cols < 1 || !bytes)
         return moec_err_set(err, MOEC_ERR_ARG, "subspace: bad size query (%d members of [%d][%d])", m,
                             rows, cols);
-    svd_dims d;
-    size_t lwork;
+    svd_dims d = {0};
+    size_t lwork = 0;
     moec_status st = svd_dims_for(m, rows, cols, share, &d, err);
     if (st == MOEC_OK)
         st = query_lwork(&d, precision, &lwork, err);
@@ -204,7 +204,7 @@ moec_status moec_subspace_merge(const moec_tensor *members, int m, const float *
                             "subspace: truncation unset: give a rank > 0 or an energy fraction in (0, 1] (got %g)",
                             o->energy);
 
-    int rows, cols;
+    int rows = 0, cols = 0;
     moec_status st = check_members(members, m, &rows, &cols, err);
     if (st != MOEC_OK)
         return st;
@@ -222,7 +222,7 @@ moec_status moec_subspace_merge(const moec_tensor *members, int m, const float *
     const int dbl = o->precision == MOEC_SVD_DOUBLE;
     const size_t el = dbl ? sizeof(double) : sizeof(float);
     const size_t nw = (size_t)rows * cols;
-    svd_dims d;
+    svd_dims d = {0};
     size_t lwork = 0;
     ledger L = {0, 0};
     void *A = NULL, *Q = NULL, *S = NULL, *work = NULL;
