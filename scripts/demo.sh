@@ -31,7 +31,7 @@ $bin/moec-prune $model --method easyep --keep 6 --stats "$out/calib.stats" -o "$
 echo "== merge: Sub-MoE, 6 of 8 experts per layer"
 $bin/moec-merge $model --method submoe --keep 6 --stats "$out/calib.stats" -o "$out/submoe-6" --force --quiet
 echo "== quantize: GPTQ, 4-bit experts, groups of 128"
-$bin/moec-quant $model --bits 4 --group 128 --method gptq --text "${train[@]}" --tokens 32768 \
+$bin/moec-quant $model --bits 4 --group 128 --method gptq "${train[@]/#/--text=}" --tokens 32768 \
   -o "$out/gptq-4.moec" --force --quiet
 echo "== evaluate each against the original (ctx 256, val text, multiple choice)"
 $bin/moec-eval --model $model "${val[@]}" --json --quiet >"$out/original.json"

@@ -122,6 +122,7 @@ int main(int argc, char **argv)
     }
     double t2 = seconds();
     fputc('\n', stdout);
+    fflush(stdout);
     fprintf(stderr, "prompt: %zu tokens, %.1f tokens/s; decode: %ld tokens, %.1f tokens/s (%ld threads)\n", n_ids,
             (double)n_ids / (t1 - t0), made, made > 1 ? (double)(made - 1) / (t2 - t1) : 0.0, threads);
     free(logits);
