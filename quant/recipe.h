@@ -34,6 +34,14 @@
  * original on calibration windows (KL, top-1, per-layer routing agreement
  * and block output error) for the report.
  *
+ * Memory: the working model keeps every quantized tensor as F32 (4 bytes
+ * per quantized weight, for fast float products in the passes), plus one
+ * layer's Hessians in double (E·(d² + f²) for the experts) and its float
+ * weight copies. Fine for checkpoints of a few GB; for Mixtral-8x7B the F32
+ * copies alone would be ~180 GB, so DESIGN.md's "about one layer" goal is
+ * not met yet (the executor runs MOEC_DT_QUANT tensors, so the working
+ * model could hold packed tensors instead, at some speed cost).
+ *
  * GPTQ: damping 1% of the mean Hessian diagonal (retried x10 on failure,
  * reported), blocks of 128, optional act-order, groups in column order.
  * An expert with fewer than gptq_min_tokens calibration rows (after the
