@@ -15,7 +15,8 @@
 # temporary one, removed at the end unless KEEP_WORK=1), REPORT_ONLY=1
 # (rewrite the page from the JSON a KEEP_WORK=1 run left in WORK, running
 # nothing), ONLY="name ..." (run only these settings; the page is written
-# from whatever WORK holds). Deterministic apart from times and speeds.
+# from whatever WORK holds). For a given build the numbers repeat exactly,
+# times and speeds aside.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -234,6 +235,7 @@ base_rows = [
     ("GPTQ 4, 64, 8-bit", 4.87, 0.0060, 1.0039, 94.9, "gptq4-g64-e8"),
     ("GPTQ 3, 64, 8-bit", 3.99, 0.0191, 1.0077, 89.8, "gptq3-g64-e8"),
     ("GPTQ 2, 64, BF16 (theirs) / 8-bit (ours)", 4.15, 0.0980, 1.0501, 76.5, "gptq2-g64-e8"),
+    ("llama.cpp Q4_K_M", 5.09, 0.0109, 1.0048, None, None),
     ("llama.cpp Q3_K_M", 4.14, 0.0277, 1.0079, None, None),
     ("llama.cpp Q2_K", 3.35, 0.0864, 1.0394, None, None),
 ]
