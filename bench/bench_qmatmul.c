@@ -1,16 +1,19 @@
 /* bench_qmatmul.c - speed of moec_matmul_quant (group-wise k-bit weights,
- * straight from the packed groups) against moec_matmul on BF16 weights, on
- * the mixtral-tiny shapes.
+ * straight from the packed groups) against moec_matmul on BF16 weights.
  *
- *   bench-qmatmul [--group G] [--symmetric] [--quick]
+ *   bench-qmatmul [--group G] [--symmetric] [--quick] [--shape RxC]...
+ *                 [--bits 8,4,3,2] [--n 1,2,4,8,16,64,512] [--threads 1|2]
  *
  * Prints a table "shape bits n threads | BF16 µs | quant µs (path chosen) |
- * qgemm µs | tiles+sgemm µs" for W = 512x256 (w1/w3), 256x512 (w2) and
- * 4096x256 (lm_head), 4/3/2 bits (asymmetric unless --symmetric, group 64
- * unless --group), n = 1, 8, 64, 512 and 1-2 threads. The same matrix is
- * used again and again (it sits in L2/L3). Each figure is the best of
- * several batches of many calls. The last two columns force one path for
- * every n, which is how DIRECT_MAX_N in matmul_quant.c was chosen.
+ * qgemm µs | tiles+sgemm µs", by default for W = 512x256 (w1/w3), 256x512
+ * (w2), 4096x256 (lm_head) of mixtral-tiny and 4096x14336 (Mixtral-8x7B's
+ * w1/w3, memory-bound; n <= 16 only), 8/4/3/2 bits (asymmetric unless
+ * --symmetric, group 64 unless --group) and 1 and 2 threads (--threads:
+ * one of them). The same matrix is
+ * used again and again (the small ones sit in L2/L3). Each figure is the
+ * best of several batches of many calls. The last two columns force one
+ * path for every n, which is how DIRECT_MAX_N_LUT and DIRECT_MAX_N_CVT in
+ * matmul_quant.c were chosen.
  * OPENBLAS_CORETYPE in the environment changes OpenBLAS's sgemm kernel; the
  * header line says whether it is set.
  */
@@ -90,14 +93,41 @@ static double time_us(void (*fn)(const call *), const call *c)
 
 static void usage_exit(void)
 {
-    fputs("usage: bench-qmatmul [--group G] [--symmetric] [--quick]\n", stderr);
+    fputs("usage: bench-qmatmul [--group G] [--symmetric] [--quick] [--shape RxC]... [--bits B,B..]\n"
+          "                     [--n N,N..] [--threads 1|2]\n",
+          stderr);
     exit(2);
+}
+
+/* Comma-separated positive integers into v (at most cap); returns the count. */
+static size_t parse_list(const char *s, int64_t *v, size_t cap)
+{
+    size_t k = 0;
+    while (*s && k < cap) {
+        char *e;
+        long long x = strtoll(s, &e, 10);
+        if (e == s || x < 1)
+            usage_exit();
+        v[k++] = x;
+        s = *e == ',' ? e + 1 : e;
+        if (*e && *e != ',')
+            usage_exit();
+    }
+    return k;
 }
 
 int main(int argc, char **argv)
 {
     int group = 64;
     bool symmetric = false;
+    /* default: the mixtral-tiny shapes and Mixtral-8x7B's expert w1/w3 */
+    int64_t shapes[8][2] = {{512, 256}, {256, 512}, {4096, 256}, {4096, 14336}};
+    size_t nshapes = 4, user_shapes = 0;
+    int64_t bits[8] = {8, 4, 3, 2};
+    size_t nbits = 4;
+    int64_t ns[16] = {1, 2, 4, 8, 16, 64, 512};
+    size_t nns = 7;
+    int thr_mask = 3; /* bit t: run with t+1 threads */
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--group") == 0 && i + 1 < argc)
             group = atoi(argv[++i]);
@@ -105,27 +135,44 @@ int main(int argc, char **argv)
             symmetric = true;
         else if (strcmp(argv[i], "--quick") == 0)
             budget = 0.01;
+        else if (strcmp(argv[i], "--shape") == 0 && i + 1 < argc && user_shapes < 8) {
+            long long r, c;
+            if (sscanf(argv[++i], "%lldx%lld", &r, &c) != 2 || r < 1 || c < 1)
+                usage_exit();
+            shapes[user_shapes][0] = r;
+            shapes[user_shapes][1] = c;
+            nshapes = ++user_shapes;
+        } else if (strcmp(argv[i], "--bits") == 0 && i + 1 < argc)
+            nbits = parse_list(argv[++i], bits, 8);
+        else if (strcmp(argv[i], "--n") == 0 && i + 1 < argc)
+            nns = parse_list(argv[++i], ns, 16);
+        else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
+            thr_mask = atoi(argv[++i]) == 1 ? 1 : atoi(argv[i]) == 2 ? 2 : 3; /* else both */
         else
             usage_exit();
     }
-    if (group < 1)
+    if (group < 1 || nbits == 0 || nns == 0)
         usage_exit();
-    const int64_t shapes[][2] = {{512, 256}, {256, 512}, {4096, 256}};
-    const int bits[] = {4, 3, 2};
-    const int64_t ns[] = {1, 8, 64, 512};
+    for (size_t bi = 0; bi < nbits; bi++)
+        if (bits[bi] > 8)
+            usage_exit();
     const char *ct = getenv("OPENBLAS_CORETYPE");
     printf("# bench-qmatmul: group %d, %s; matmul kernel %s; OPENBLAS_CORETYPE %s\n", group,
            symmetric ? "symmetric" : "asymmetric", moec_matmul_kernel_name(), ct ? ct : "unset");
-    printf("%-9s %4s %4s %3s | %9s | %9s %-6s | %9s | %9s\n", "shape", "bits", "n", "thr", "BF16 us", "quant us",
-           "path", "qgemm us", "tiles us");
+    printf("# shapes over 16M weights run n <= 16 only; 'tiles' is the dequantize + F32 path\n");
+    printf("%-11s %4s %4s %3s | %9s | %9s %-6s | %9s | %9s\n", "shape", "bits", "n", "thr", "BF16 us",
+           "quant us", "path", "qgemm us", "tiles us");
     moec_pool *pools[2] = {moec_pool_new(1), moec_pool_new(2)};
     if (!pools[0] || !pools[1]) {
         fprintf(stderr, "bench-qmatmul: cannot start threads\n");
         return 1;
     }
-    const int64_t max_n = ns[sizeof ns / sizeof *ns - 1];
-    for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+    int64_t max_n = 1;
+    for (size_t ni = 0; ni < nns; ni++)
+        max_n = ns[ni] > max_n ? ns[ni] : max_n;
+    for (size_t si = 0; si < nshapes; si++) {
         const int64_t rows = shapes[si][0], cols = shapes[si][1];
+        const bool big = rows * cols > (16 << 20);
         float *W = malloc((size_t)(rows * cols) * sizeof *W);
         uint16_t *Wb = malloc((size_t)(rows * cols) * sizeof *Wb);
         float *x = malloc((size_t)(max_n * cols) * sizeof *x);
@@ -141,9 +188,9 @@ int main(int argc, char **argv)
         moec_from_f32(Wb, W, MOEC_DT_BF16, (size_t)(rows * cols));
         moec_tensor Tb = {.dtype = MOEC_DT_BF16, .ndim = 2, .shape = {rows, cols}, .data = Wb,
                           .nbytes = (size_t)(rows * cols) * 2};
-        for (size_t bi = 0; bi < sizeof bits / sizeof *bits; bi++) {
+        for (size_t bi = 0; bi < nbits; bi++) {
             moec_quant_opts o = MOEC_QUANT_OPTS_DEFAULT;
-            o.bits = bits[bi];
+            o.bits = (int)bits[bi];
             o.group = group;
             o.symmetric = symmetric;
             moec_qmatrix qm;
@@ -153,8 +200,12 @@ int main(int argc, char **argv)
                 return 1;
             }
             moec_tensor Tq = moec_qformat_tensor(&qm.f);
-            for (size_t ni = 0; ni < sizeof ns / sizeof *ns; ni++) {
+            for (size_t ni = 0; ni < nns; ni++) {
+                if (big && ns[ni] > 16)
+                    continue;
                 for (int t = 0; t < 2; t++) {
+                    if (!(thr_mask & (1 << t)))
+                        continue;
                     call cb = {pools[t], y, x, ns[ni], &Tb}, cq = {pools[t], y, x, ns[ni], &Tq};
                     double us_b = time_us(run_bf16, &cb);
                     moec_matmul_quant_force_path(0);
@@ -167,7 +218,7 @@ int main(int argc, char **argv)
                     const bool direct = ns[ni] <= moec_matmul_quant_direct_max_n(&Tq);
                     char shape[32];
                     snprintf(shape, sizeof shape, "%lldx%lld", (long long)rows, (long long)cols);
-                    printf("%-9s %4d %4lld %3d | %9.2f | %9.2f %-6s | %9.2f | %9.2f\n", shape, bits[bi],
+                    printf("%-11s %4d %4lld %3d | %9.2f | %9.2f %-6s | %9.2f | %9.2f\n", shape, (int)bits[bi],
                            (long long)ns[ni], t + 1, us_b, us_q, direct ? "qgemm" : "tiles", us_d, us_t);
                     fflush(stdout);
                 }

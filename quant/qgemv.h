@@ -5,27 +5,39 @@
  *
  * x [n][cols] row-major (row stride cols), y [n][ldy] row-major with
  * ldy >= r1; only the entries r0 <= r < r1 of each y row are written
- * (overwritten, not accumulated). Ŵ[r][c] = s·(q - z) exactly as
- * moec_qformat_dequant_row computes it; only the order of the float
- * additions differs from a dequantize-then-dot.
+ * (overwritten, not accumulated; moec_qgemm_ex can add). Ŵ[r][c] =
+ * s·(q - z) exactly as moec_qformat_dequant_row computes it, accumulated in
+ * float32; the result differs from a dequantize-then-dot only in rounding:
+ * the order of the additions, and for b > 4 on the AVX-512 kernel the zero
+ * point taken out of each group, s·(Σ q·x - z·Σ x).
  *
  * Threads are the caller's: split [0, rows) into row ranges and call once per
- * range; calls on disjoint ranges never touch the same memory. Each call
- * allocates at most one row of floats (the portable kernel) and nothing on
- * the AVX-512 path.
+ * range; calls on disjoint ranges never touch the same memory. The portable
+ * kernel allocates one row of floats per call; the AVX-512 one allocates
+ * nothing.
  *
  * Kernels: "portable" (any format) dequantizes one row at a time and takes
- * float dot products. "avx512" (x86-64 CPUs with AVX-512 F, BW and VL,
- * chosen at run time) turns 16 codes at a time into floats in registers (a
- * byte shuffle and per-lane shifts for any width, a nibble split for 4 bits,
- * a widening load for 8) and FMAs them against up to 4 tokens at once; it
- * needs the group size to be a multiple of 8 (so every group starts at a
- * byte boundary) or one group per row; the last <16 columns of a group go
- * through scalar code.
+ * float dot products. "avx512" (x86-64 CPUs with AVX-512 F, BW, VL and
+ * VBMI, chosen at run time; others use the portable one) works on 8 rows at
+ * a time for one token (4 rows for more), against up to 4 tokens at once,
+ * 16 columns per step, the codes never leaving registers:
+ *  - b <= 4: per (row, group) a 16-entry table T[e] = s·((e mod 2^b) - z)
+ *    (exactly s·(q - z)) in one register; the 16 codes of a step become
+ *    dword indices with one broadcast load and one per-lane shift (b = 2, 4;
+ *    for b = 4 the 16 x values of the step are permuted to match) or one
+ *    vpmultishiftqb (b = 1, 3), and one vpermps looks up their weights: no
+ *    int-to-float conversion, no masking, no per-weight scale or zero.
+ *  - b > 4: codes become floats (a widening load for 8 bits, shuffle +
+ *    shift + mask otherwise) and are FMA'd straight against x; per group
+ *    s·(Σ q·x - z·Σ x) is added, Σ x shared by the rows.
+ * It needs the group size to be a multiple of 8 (so every group starts at a
+ * byte boundary) or one group per row; a group's last <16 columns go
+ * through masked loads.
  */
 #ifndef MOEC_QUANT_QGEMV_H
 #define MOEC_QUANT_QGEMV_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "core/error.h"
@@ -38,13 +50,20 @@
 moec_status moec_qgemm(const moec_qformat *f, const float *x, int64_t n, float *y,
                        int64_t ldy, int64_t r0, int64_t r1, moec_err *err);
 
+/* The general form: x rows are ldx >= cols floats apart, and with
+ * accumulate the products are added to y instead of overwriting it.
+ * moec_qgemm is moec_qgemm_ex(f, x, cols, n, y, ldy, r0, r1, false, err). */
+moec_status moec_qgemm_ex(const moec_qformat *f, const float *x, int64_t ldx, int64_t n,
+                          float *y, int64_t ldy, int64_t r0, int64_t r1, bool accumulate,
+                          moec_err *err);
+
 /* The portable kernel, for any format and CPU (same contract). */
 moec_status moec_qgemm_portable(const moec_qformat *f, const float *x, int64_t n,
                                 float *y, int64_t ldy, int64_t r0, int64_t r1,
                                 moec_err *err);
 
 /* The AVX-512 kernel (same contract); MOEC_ERR_UNSUPPORTED when the CPU or
- * the build lacks AVX-512 F/BW/VL or the group size is not a multiple of 8. */
+ * the build lacks AVX-512 F/BW/VL/VBMI or the group size is not a multiple of 8. */
 moec_status moec_qgemm_avx512(const moec_qformat *f, const float *x, int64_t n,
                               float *y, int64_t ldy, int64_t r0, int64_t r1,
                               moec_err *err);
@@ -52,8 +71,16 @@ moec_status moec_qgemm_avx512(const moec_qformat *f, const float *x, int64_t n,
 /* Name of the kernel moec_qgemm would use for f: "avx512" or "portable". */
 const char *moec_qgemm_kernel(const moec_qformat *f);
 
+/* The two kernels in moec_qgemm_ex's form (same checks and errors). */
+moec_status moec_qgemm_portable_ex(const moec_qformat *f, const float *x, int64_t ldx,
+                                   int64_t n, float *y, int64_t ldy, int64_t r0, int64_t r1,
+                                   bool accumulate, moec_err *err);
+moec_status moec_qgemm_avx512_ex(const moec_qformat *f, const float *x, int64_t ldx, int64_t n,
+                                 float *y, int64_t ldy, int64_t r0, int64_t r1, bool accumulate,
+                                 moec_err *err);
+
 /* Argument checks shared by the kernels; `kernel` names the caller. */
-moec_status moec_qgemm_check(const moec_qformat *f, const float *x, int64_t n,
+moec_status moec_qgemm_check(const moec_qformat *f, const float *x, int64_t ldx, int64_t n,
                              const float *y, int64_t ldy, int64_t r0, int64_t r1,
                              const char *kernel, moec_err *err);
 

@@ -310,9 +310,12 @@ cJSON *moec_quant_report_json(const moec_quant_report *rep, const moec_quant_rec
         for (int k = 0; k < r->n_choices; k++)
             cJSON_AddItemToArray(ch, cJSON_CreateNumber(r->choices[k]));
         if (r->alloc == MOEC_QALLOC_MCMOE) {
-            cJSON_AddNumberToObject(rc, "mc_alpha", r->mc_alpha);
-            cJSON_AddNumberToObject(rc, "mc_beta", r->mc_beta);
-            cJSON_AddBoolToObject(rc, "mc_diversity", r->mc_diversity);
+            cJSON_AddStringToObject(rc, "mc_objective", r->mc.objective == MOEC_MC_PAPER ? "paper" : "output");
+            if (r->mc.objective == MOEC_MC_PAPER) {
+                cJSON_AddNumberToObject(rc, "mc_alpha", r->mc.alpha);
+                cJSON_AddNumberToObject(rc, "mc_beta", r->mc.beta);
+            }
+            cJSON_AddBoolToObject(rc, "mc_diversity", r->mc.diversity);
         }
     }
     cJSON_AddBoolToObject(rc, "smooth", r->smooth);
@@ -1099,8 +1102,8 @@ static moec_status moe_mcmoe(recipe_run *R, moe_layer *M, moec_err *err)
         count = ls->count;
         gsum = ls->gate_sum;
     }
-    st = moec_quant_alloc_bits(MOEC_QALLOC_MCMOE, E, count, gsum, eps, M->widths, nb, R->r->avg_bits,
-                               R->r->mc_alpha, R->r->mc_beta, R->r->mc_diversity, M->bits, err);
+    st = moec_quant_alloc_bits(MOEC_QALLOC_MCMOE, &R->r->mc, E, count, gsum, eps, R->have_windows, M->widths, nb,
+                               R->r->avg_bits, M->bits, err);
     free(cnt);
     if (st)
         return moec_err_prefix(err, "layer %d", M->l);
@@ -1164,8 +1167,8 @@ static moec_status moe_layer_run(recipe_run *R, int l, moec_err *err)
         for (int e = 0; e < E; e++)
             M.bits[e] = r->bits;
     } else if (!mcmoe) {
-        if ((st = moec_quant_alloc_bits(MOEC_QALLOC_UNIFORM, E, NULL, NULL, NULL, r->choices, r->n_choices,
-                                        r->avg_bits, r->mc_alpha, r->mc_beta, false, M.bits, err)))
+        if ((st = moec_quant_alloc_bits(MOEC_QALLOC_UNIFORM, NULL, E, NULL, NULL, NULL, false, r->choices,
+                                        r->n_choices, r->avg_bits, M.bits, err)))
             goto done;
         for (int e = 0; e < E; e++)
             if (width_index(&M, M.bits[e]) < 0)

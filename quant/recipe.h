@@ -75,6 +75,21 @@ typedef enum moec_qalloc {
     MOEC_QALLOC_MCMOE        /* MC-MoE integer program (bit_alloc.h), budget per layer */
 } moec_qalloc;
 
+/* MC-MoE's objective over the measured loss table (quant_mcmoe.c). */
+typedef enum moec_mc_objective {
+    MOEC_MC_OUTPUT = 0, /* Σ of each expert's squared block output change: the layer's output error */
+    MOEC_MC_PAPER       /* the reference code's φ^α·w^β·‖output change‖^α */
+} moec_mc_objective;
+
+typedef struct moec_mc_params {
+    moec_mc_objective objective; /* default OUTPUT */
+    double alpha, beta;          /* PAPER's exponents, default 1 and 1.5 (reference code) */
+    bool diversity;              /* the paper's rows: >= 1 expert per layer at each of the two widest
+                                    choices; default false (they cost more than they give here) */
+} moec_mc_params;
+
+#define MOEC_MC_PARAMS_DEFAULT ((moec_mc_params){.objective = MOEC_MC_OUTPUT, .alpha = 1.0, .beta = 1.5})
+
 #define MOEC_QUANT_MAX_CHOICES 8
 
 typedef struct moec_quant_recipe {
@@ -96,8 +111,7 @@ typedef struct moec_quant_recipe {
     int n_choices;            /* candidate widths for avg_bits, strictly increasing */
     int choices[MOEC_QUANT_MAX_CHOICES]; /* default 1,2,3,4 */
     moec_qalloc alloc;        /* default MCMOE */
-    double mc_alpha, mc_beta; /* MC-MoE exponents, default 1 and 1.5 (reference code) */
-    bool mc_diversity;        /* the paper's rows: >= 1 expert at each of the two widest choices; default true */
+    moec_mc_params mc;        /* MC-MoE's objective (with alloc = MCMOE) */
 
     bool smooth;              /* EAQuant smoothing aggregation (needs calibration tokens) */
     bool align;               /* choose α and clipping by block error + λ·KL (needs smooth) */
@@ -116,7 +130,7 @@ typedef struct moec_quant_recipe {
 #define MOEC_QUANT_RECIPE_DEFAULT \
     ((moec_quant_recipe){.method = MOEC_QMETHOD_RTN, .bits = 4, .group = 128, .percdamp = 0.01, \
                          .gptq_min_tokens = 32, .embed_group = 64, .n_choices = 4, .choices = {1, 2, 3, 4}, \
-                         .alloc = MOEC_QALLOC_MCMOE, .mc_alpha = 1.0, .mc_beta = 1.5, .mc_diversity = true, .balance = true, \
+                         .alloc = MOEC_QALLOC_MCMOE, .mc = MOEC_MC_PARAMS_DEFAULT, .balance = true, \
                          .align_lambda = 1.0, \
                          .align_sample = 1024, .smooth_alpha = 0.5f, .verify_tokens = 8192, .threads = 1})
 
@@ -208,14 +222,16 @@ struct cJSON *moec_quant_report_json(const moec_quant_report *rep, const moec_qu
 
 /* Per-layer width choice for E routed experts under an average of avg_bits
  * code bits (budget floor(avg_bits·E)) from widths choices[n_choices]:
- *  UNIFORM: see moec_qalloc (count, gate_sum and eps unused, may be NULL);
- *  MCMOE:   moec_bitalloc_solve with φ = count, w = gate_sum (shares within
- *           the layer), ε = eps[E][n_choices], α = mc_alpha, β = mc_beta,
- *           the paper's diversity rows when `diversity`.
+ *  UNIFORM: see moec_qalloc (mc, count, gate_sum and eps unused, may be NULL);
+ *  MCMOE:   moec_bitalloc_solve over ε = eps[E][n_choices] as mc->objective
+ *           says (quant_mcmoe.c), with φ = count and w = gate_sum (shares
+ *           within the layer) where it uses them; eps_measured tells whether
+ *           ε is the measured block output change (calibration windows) or
+ *           the relative weight error (statistics only).
  * Writes out_bits[E]. Errors: a budget below the narrowest choice, bad
  * arguments, GLPK failure. */
-moec_status moec_quant_alloc_bits(moec_qalloc alloc, int E, const double *count, const double *gate_sum,
-                                  const double *eps, const int *choices, int n_choices, double avg_bits,
-                                  double mc_alpha, double mc_beta, bool diversity, int *out_bits, moec_err *err);
+moec_status moec_quant_alloc_bits(moec_qalloc alloc, const moec_mc_params *mc, int E, const double *count,
+                                  const double *gate_sum, const double *eps, bool eps_measured, const int *choices,
+                                  int n_choices, double avg_bits, int *out_bits, moec_err *err);
 
 #endif

@@ -71,5 +71,155 @@ expect 2 "tokenize without model" -- "$bin/moec-tokenize"
 expect 1 "tokenize missing model" -- "$bin/moec-tokenize" "$tmp/none"
 expect 2 "bench bad threads" -- "$bin/moec-bench" "$model" --threads 0
 
+# expect_clean CODE DESCRIPTION DIR -- COMMAND...: expect, and afterwards DIR
+# holds exactly what it held before (no output, no temporary left behind)
+expect_clean() {
+  local want=$1 what=$2 dir=$3
+  local before after
+  before=$(ls -A "$dir")
+  expect "$want" "$what" -- "${@:5}"
+  after=$(ls -A "$dir")
+  if [ "$before" != "$after" ]; then
+    echo "FAIL: $what: left behind in $dir:"; comm -13 <(echo "$before") <(echo "$after"); fails=$((fails + 1))
+  fi
+}
+
+# moec-eval --score-from
+expect 2 "eval score-from beyond ctx-2" -- "$bin/moec-eval" --model "$model" --text "$tmp/drama.txt" --ctx 64 \
+  --score-from 63
+expect 2 "eval score-from negative" -- "$bin/moec-eval" --model "$model" --text "$tmp/drama.txt" --score-from -1
+expect 2 "eval score-from not a number" -- "$bin/moec-eval" --model "$model" --text "$tmp/drama.txt" --score-from x
+expect 0 "eval score-from half" -- "$bin/moec-eval" --model "$model" --text "$tmp/drama.txt" --ctx 64 \
+  --score-from half --json
+if ! grep -q '"score_from":[[:space:]]*32,' "$tmp/out"; then
+  echo "FAIL: eval score-from half: the report does not record score_from 32"; fails=$((fails + 1))
+fi
+
+# moec-quant, moec-merge, moec-export: a small model, a small .moec made by
+# RTN, a corrupt and a truncated copy, and an output directory that cannot
+# be written (its parent is a regular file; a read-only directory as well
+# when not root, whom permissions do not stop)
+small=$src/tests/fixtures/qwen2moe-random
+out=$tmp/outdir
+mkdir -p "$out"
+printf 'x' >"$tmp/afile"
+expect 0 "quant rtn ok" -- "$bin/moec-quant" "$small" --bits 4 --method rtn --verify-tokens 0 --quiet -o "$tmp/q.moec"
+size=$(stat -c %s "$tmp/q.moec")
+cp "$tmp/q.moec" "$tmp/flip.moec"
+byte=$(od -An -tu1 -j $((size / 2)) -N1 "$tmp/flip.moec" | tr -d ' ')
+printf "$(printf '\\%03o' $(((byte + 1) % 256)))" |
+  dd of="$tmp/flip.moec" bs=1 seek=$((size / 2)) count=1 conv=notrunc status=none
+cmp -s "$tmp/q.moec" "$tmp/flip.moec" && { echo "FAIL: could not corrupt the .moec"; fails=$((fails + 1)); }
+head -c $((size / 2)) "$tmp/q.moec" >"$tmp/trunc.moec"
+ro=
+if [ "$(id -u)" -ne 0 ]; then
+  ro=$tmp/ro
+  mkdir -p "$ro"
+  chmod 555 "$ro"
+fi
+
+for tool in moec-quant moec-merge moec-export; do
+  expect 0 "$tool --help" -- "$bin/$tool" --help
+  expect 2 "$tool bad option" -- "$bin/$tool" --no-such-option
+done
+
+q=("$bin/moec-quant" "$small" --quiet --verify-tokens 0)
+expect 2 "quant without model" -- "$bin/moec-quant" --bits 4 -o "$out/x.moec"
+expect_clean 2 "quant missing -o" "$out" -- "${q[@]}" --bits 4
+expect_clean 2 "quant missing --bits" "$out" -- "${q[@]}" -o "$out/x.moec"
+expect_clean 2 "quant --bits 0" "$out" -- "${q[@]}" --bits 0 -o "$out/x.moec"
+expect_clean 2 "quant --bits 9" "$out" -- "${q[@]}" --bits 9 -o "$out/x.moec"
+expect_clean 2 "quant --bits 4x" "$out" -- "${q[@]}" --bits 4x -o "$out/x.moec"
+expect_clean 2 "quant --group -1" "$out" -- "${q[@]}" --bits 4 --group -1 -o "$out/x.moec"
+expect_clean 2 "quant --group abc" "$out" -- "${q[@]}" --bits 4 --group abc -o "$out/x.moec"
+expect_clean 2 "quant --avg-bits 0.5" "$out" -- "${q[@]}" --bits 4 --avg-bits 0.5 --alloc uniform -o "$out/x.moec"
+expect_clean 2 "quant --avg-bits 9" "$out" -- "${q[@]}" --bits 4 --avg-bits 9 --alloc uniform -o "$out/x.moec"
+expect_clean 2 "quant --avg-bits nan" "$out" -- "${q[@]}" --bits 4 --avg-bits nan --alloc uniform -o "$out/x.moec"
+for bc in 3,2 0,1 1,9 1,x "" 1,,2 2,2; do
+  expect_clean 2 "quant --bit-choices '$bc'" "$out" -- "${q[@]}" --bits 4 --avg-bits 2.5 --alloc uniform \
+    --bit-choices "$bc" -o "$out/x.moec"
+done
+expect_clean 2 "quant --bit-choices without --avg-bits" "$out" -- "${q[@]}" --bits 4 --bit-choices 2,4 \
+  -o "$out/x.moec"
+expect_clean 2 "quant --alloc unknown" "$out" -- "${q[@]}" --bits 4 --avg-bits 2.5 --alloc greedy -o "$out/x.moec"
+expect_clean 2 "quant mcmoe without text or stats" "$out" -- "${q[@]}" --bits 4 --avg-bits 2.5 --alloc mcmoe \
+  -o "$out/x.moec"
+expect_clean 2 "quant mcmoe (default) without text or stats" "$out" -- "${q[@]}" --bits 4 --avg-bits 2.5 \
+  -o "$out/x.moec"
+expect_clean 2 "quant gptq without text" "$out" -- "${q[@]}" --bits 4 --method gptq -o "$out/x.moec"
+expect_clean 1 "quant missing model" "$out" -- "$bin/moec-quant" "$tmp/none" --bits 4 -o "$out/x.moec"
+expect_clean 1 "quant truncated model" "$out" -- "$bin/moec-quant" "$tmp/trunc" --bits 4 --verify-tokens 0 \
+  -o "$out/x.moec"
+expect_clean 1 "quant corrupt .moec" "$out" -- "$bin/moec-quant" "$tmp/flip.moec" --bits 4 --verify-tokens 0 \
+  -o "$out/x.moec"
+expect_clean 1 "quant truncated .moec" "$out" -- "$bin/moec-quant" "$tmp/trunc.moec" --bits 4 --verify-tokens 0 \
+  -o "$out/x.moec"
+expect_clean 1 "quant missing stats" "$out" -- "${q[@]}" --bits 4 --avg-bits 2.5 --stats "$tmp/none.json" \
+  -o "$out/x.moec"
+expect_clean 1 "quant output under a file" "$tmp" -- "${q[@]}" --bits 4 -o "$tmp/afile/x.moec"
+[ -n "$ro" ] && expect_clean 1 "quant read-only output directory" "$ro" -- "${q[@]}" --bits 4 -o "$ro/x.moec"
+cp "$tmp/q.moec" "$out/keep.moec"
+expect_clean 1 "quant output exists" "$out" -- "${q[@]}" --bits 4 -o "$out/keep.moec"
+cmp -s "$tmp/q.moec" "$out/keep.moec" || { echo "FAIL: quant replaced an existing output"; fails=$((fails + 1)); }
+rm -f "$out/keep.moec"
+
+mg=("$bin/moec-merge" "$small" --quiet --text "$tmp/drama.txt" --ctx 64)
+expect 2 "merge without model" -- "$bin/moec-merge" --method average --keep 2 --text "$tmp/drama.txt" -o "$out/m"
+expect_clean 2 "merge missing -o" "$out" -- "${mg[@]}" --method average --keep 2
+expect_clean 2 "merge missing --method" "$out" -- "${mg[@]}" --keep 2 -o "$out/m"
+expect_clean 2 "merge unknown method" "$out" -- "${mg[@]}" --method median --keep 2 -o "$out/m"
+expect_clean 2 "merge missing --keep/--ratio" "$out" -- "${mg[@]}" --method average -o "$out/m"
+expect_clean 2 "merge --keep and --ratio" "$out" -- "${mg[@]}" --method average --keep 2 --ratio 0.5 -o "$out/m"
+expect_clean 2 "merge --keep 0" "$out" -- "${mg[@]}" --method average --keep 0 -o "$out/m"
+expect_clean 2 "merge --ratio 1" "$out" -- "${mg[@]}" --method average --ratio 1 -o "$out/m"
+expect_clean 2 "merge --energy 1.5" "$out" -- "${mg[@]}" --method submoe --keep 2 --energy 1.5 -o "$out/m"
+expect_clean 2 "merge --rank with average" "$out" -- "${mg[@]}" --method average --keep 2 --rank 4 -o "$out/m"
+expect_clean 2 "merge without calibration" "$out" -- "$bin/moec-merge" "$small" --method average --keep 2 -o "$out/m"
+expect_clean 2 "merge --stats and --text" "$out" -- "${mg[@]}" --method average --keep 2 --stats "$tmp/none.json" \
+  -o "$out/m"
+expect_clean 1 "merge missing model" "$out" -- "$bin/moec-merge" "$tmp/none" --method average --keep 2 \
+  --text "$tmp/drama.txt" -o "$out/m"
+expect_clean 1 "merge truncated model" "$out" -- "$bin/moec-merge" "$tmp/trunc" --method average --keep 2 \
+  --text "$tmp/drama.txt" -o "$out/m"
+expect_clean 1 "merge corrupt .moec" "$out" -- "$bin/moec-merge" "$tmp/flip.moec" --method average --keep 2 \
+  --text "$tmp/drama.txt" -o "$out/m"
+expect_clean 1 "merge missing stats" "$out" -- "$bin/moec-merge" "$small" --method average --keep 2 \
+  --stats "$tmp/none.json" -o "$out/m"
+expect_clean 1 "merge missing text" "$out" -- "$bin/moec-merge" "$small" --method average --keep 2 \
+  --text "$tmp/none.txt" -o "$out/m"
+expect_clean 1 "merge --keep above the experts" "$out" -- "${mg[@]}" --method average --keep 99 -o "$out/m"
+expect_clean 1 "merge output under a file" "$tmp" -- "${mg[@]}" --method average --keep 2 -o "$tmp/afile/m"
+[ -n "$ro" ] && expect_clean 1 "merge read-only output directory" "$ro" -- "${mg[@]}" --method average --keep 2 \
+  -o "$ro/m"
+mkdir -p "$out/m"
+expect_clean 1 "merge output exists" "$out" -- "${mg[@]}" --method average --keep 2 -o "$out/m"
+rmdir "$out/m"
+expect_clean 0 "merge ok" "$tmp" -- "${mg[@]}" --method average --keep 2 -o "$out/m"
+[ -f "$out/m/config.json" ] || { echo "FAIL: merge ok wrote no config.json"; fails=$((fails + 1)); }
+[ "$(ls -A "$out")" = m ] || { echo "FAIL: merge left temporaries"; ls -A "$out"; fails=$((fails + 1)); }
+rm -rf "$out/m"
+
+expect 2 "export without file" -- "$bin/moec-export" --hf "$out/e"
+expect_clean 2 "export missing --hf" "$out" -- "$bin/moec-export" "$tmp/q.moec"
+expect_clean 2 "export two files" "$out" -- "$bin/moec-export" "$tmp/q.moec" "$tmp/q.moec" --hf "$out/e"
+expect_clean 2 "export bad dtype" "$out" -- "$bin/moec-export" "$tmp/q.moec" --hf "$out/e" --dtype f64
+expect_clean 1 "export missing file" "$out" -- "$bin/moec-export" "$tmp/none.moec" --hf "$out/e"
+expect_clean 1 "export corrupt .moec" "$out" -- "$bin/moec-export" "$tmp/flip.moec" --hf "$out/e"
+expect_clean 1 "export truncated .moec" "$out" -- "$bin/moec-export" "$tmp/trunc.moec" --hf "$out/e"
+expect_clean 1 "export truncated checkpoint" "$out" -- "$bin/moec-export" "$tmp/trunc" --hf "$out/e"
+expect_clean 1 "export output under a file" "$tmp" -- "$bin/moec-export" "$tmp/q.moec" --hf "$tmp/afile/e"
+[ -n "$ro" ] && expect_clean 1 "export read-only output directory" "$ro" -- "$bin/moec-export" "$tmp/q.moec" \
+  --hf "$ro/e"
+mkdir -p "$out/e"
+printf 'mine\n' >"$out/e/notes.txt"
+expect_clean 1 "export exists" "$out/e" -- "$bin/moec-export" "$tmp/q.moec" --hf "$out/e"
+expect_clean 1 "export --force onto a non-model directory" "$out/e" -- "$bin/moec-export" "$tmp/q.moec" \
+  --hf "$out/e" --force
+rm -rf "$out/e"
+expect_clean 0 "export ok" "$tmp" -- "$bin/moec-export" "$tmp/q.moec" --hf "$out/e" --dtype f32 --quiet
+[ -f "$out/e/model.safetensors" ] || { echo "FAIL: export ok wrote no model.safetensors"; fails=$((fails + 1)); }
+[ "$(ls -A "$out")" = e ] || { echo "FAIL: export left temporaries"; ls -A "$out"; fails=$((fails + 1)); }
+[ -n "$ro" ] && chmod 755 "$ro"
+
 echo "$pass passed, $fails failed"
 [ "$fails" -eq 0 ]

@@ -15,6 +15,29 @@ static int count_width(const moec_bitalloc_result *r, int n, int w)
     return c;
 }
 
+/* One layer of n experts choosing among the nb widths in bits; loss is
+ * [n][nb]; α, β and diversity at their defaults. */
+static moec_bitalloc_problem problem(int n, const double *freq, const double *weight, int nb,
+                                     const int *bits, const double *loss, double avg_bits)
+{
+    moec_bitalloc_problem p = MOEC_BITALLOC_PROBLEM_DEFAULT;
+    p.n_experts = n;
+    p.freq = freq;
+    p.weight = weight;
+    p.n_bits = nb;
+    p.bits = bits;
+    p.loss = loss;
+    p.avg_bits = avg_bits;
+    return p;
+}
+
+/* The same loss per width for every expert: loss[e][b] = by_width[b]. */
+static void same_losses(double *loss, int n, int nb, const double *by_width)
+{
+    for (int e = 0; e < n; e++)
+        memcpy(loss + (size_t)e * nb, by_width, (size_t)nb * sizeof *loss);
+}
+
 /* Losses that fall with the width, experts of unequal importance: the whole
  * budget gets spent, exactly. */
 static void test_budget_met_exactly(void **state)
@@ -28,14 +51,7 @@ static void test_budget_met_exactly(void **state)
         loss[e * 2 + 0] = 10.0 + e;
         loss[e * 2 + 1] = 2.0 + 0.5 * e;
     }
-    moec_bitalloc_problem p = MOEC_BITALLOC_PROBLEM_DEFAULT;
-    p.n_experts = 8;
-    p.freq = freq;
-    p.weight = weight;
-    p.n_bits = 2;
-    p.bits = bits;
-    p.loss = loss;
-    p.avg_bits = 2.5;
+    moec_bitalloc_problem p = problem(8, freq, weight, 2, bits, loss, 2.5);
     moec_bitalloc_result r;
     moec_err err;
     assert_int_equal(moec_bitalloc_solve(&p, &r, &err), MOEC_OK);
@@ -63,18 +79,8 @@ static void test_prefers_important_experts(void **state)
     double freq[8] = {10, 50, 20, 5, 40, 30, 15, 25};
     double weight[8] = {1, 1, 1, 1, 1, 1, 1, 1};
     double loss[16];
-    for (int e = 0; e < 8; e++) {
-        loss[e * 2 + 0] = 4.0;
-        loss[e * 2 + 1] = 1.0;
-    }
-    moec_bitalloc_problem p = MOEC_BITALLOC_PROBLEM_DEFAULT;
-    p.n_experts = 8;
-    p.freq = freq;
-    p.weight = weight;
-    p.n_bits = 2;
-    p.bits = bits;
-    p.loss = loss;
-    p.avg_bits = 2.25; /* two experts at 3 bits */
+    same_losses(loss, 8, 2, (const double[]){4.0, 1.0});
+    moec_bitalloc_problem p = problem(8, freq, weight, 2, bits, loss, 2.25); /* two at 3 bits */
     moec_bitalloc_result r;
     moec_err err;
     assert_int_equal(moec_bitalloc_solve(&p, &r, &err), MOEC_OK);
@@ -85,11 +91,7 @@ static void test_prefers_important_experts(void **state)
     /* freq 2:1 against weight 1:1.5 -> 2 * 1 vs 1 * 1.5^1.5 = 1.84: freq wins
      * at β = 1.5 ... */
     double f2[2] = {2, 1}, w2[2] = {1, 1.5}, l2[4] = {4, 1, 4, 1};
-    p.n_experts = 2;
-    p.freq = f2;
-    p.weight = w2;
-    p.loss = l2;
-    p.avg_bits = 2.5;
+    p = problem(2, f2, w2, 2, bits, l2, 2.5);
     p.diversity = false;
     assert_int_equal(moec_bitalloc_solve(&p, &r, &err), MOEC_OK);
     assert_int_equal(r.bits[0], 3);
@@ -111,19 +113,8 @@ static void test_diversity(void **state)
     const int bits[3] = {1, 2, 3};
     double freq[4] = {4, 3, 2, 1}, weight[4] = {1, 1, 1, 1};
     double loss[12];
-    for (int e = 0; e < 4; e++) {
-        loss[e * 3 + 0] = 1.0;
-        loss[e * 3 + 1] = 1.0;
-        loss[e * 3 + 2] = 0.0;
-    }
-    moec_bitalloc_problem p = MOEC_BITALLOC_PROBLEM_DEFAULT;
-    p.n_experts = 4;
-    p.freq = freq;
-    p.weight = weight;
-    p.n_bits = 3;
-    p.bits = bits;
-    p.loss = loss;
-    p.avg_bits = 2.0;
+    same_losses(loss, 4, 3, (const double[]){1.0, 1.0, 0.0});
+    moec_bitalloc_problem p = problem(4, freq, weight, 3, bits, loss, 2.0);
     p.diversity = false;
     moec_bitalloc_result r;
     moec_err err;
@@ -144,18 +135,10 @@ static void test_diversity(void **state)
     /* The minimum budget cannot afford diversity: dropped, reported, feasible. */
     const int b23[2] = {2, 3};
     double l8[16], f8[8], w8[8];
-    for (int e = 0; e < 8; e++) {
+    for (int e = 0; e < 8; e++)
         f8[e] = w8[e] = 1.0;
-        l8[e * 2] = 2.0;
-        l8[e * 2 + 1] = 1.0;
-    }
-    p.n_experts = 8;
-    p.freq = f8;
-    p.weight = w8;
-    p.loss = l8;
-    p.n_bits = 2;
-    p.bits = b23;
-    p.avg_bits = 2.0;
+    same_losses(l8, 8, 2, (const double[]){2.0, 1.0});
+    p = problem(8, f8, w8, 2, b23, l8, 2.0);
     assert_int_equal(moec_bitalloc_solve(&p, &r, &err), MOEC_OK);
     assert_int_equal(r.diversity_dropped, 1);
     assert_int_equal(count_width(&r, 8, 2), 8);
@@ -170,19 +153,8 @@ static void test_unrouted_expert_gets_fewest_bits(void **state)
     const int bits[3] = {2, 3, 4};
     double freq[4] = {5, 0, 3, 2}, weight[4] = {1, 0, 1, 1};
     double loss[12];
-    for (int e = 0; e < 4; e++) {
-        loss[e * 3 + 0] = 3;
-        loss[e * 3 + 1] = 2;
-        loss[e * 3 + 2] = 1;
-    }
-    moec_bitalloc_problem p = MOEC_BITALLOC_PROBLEM_DEFAULT;
-    p.n_experts = 4;
-    p.freq = freq;
-    p.weight = weight;
-    p.n_bits = 3;
-    p.bits = bits;
-    p.loss = loss;
-    p.avg_bits = 3.5;
+    same_losses(loss, 4, 3, (const double[]){3, 2, 1});
+    moec_bitalloc_problem p = problem(4, freq, weight, 3, bits, loss, 3.5);
     moec_bitalloc_result r;
     moec_err err;
     assert_int_equal(moec_bitalloc_solve(&p, &r, &err), MOEC_OK);
@@ -206,15 +178,8 @@ static void test_global_budget(void **state)
         loss[e * 3 + 1] = 2 * s;
         loss[e * 3 + 2] = 1 * s;
     }
-    moec_bitalloc_problem p = MOEC_BITALLOC_PROBLEM_DEFAULT;
-    p.n_experts = 8;
+    moec_bitalloc_problem p = problem(8, freq, weight, 3, bits, loss, 3.0);
     p.layer_of = layer_of;
-    p.freq = freq;
-    p.weight = weight;
-    p.n_bits = 3;
-    p.bits = bits;
-    p.loss = loss;
-    p.avg_bits = 3.0;
     moec_bitalloc_result r;
     moec_err err;
     assert_int_equal(moec_bitalloc_solve(&p, &r, &err), MOEC_OK);
@@ -244,14 +209,7 @@ static void test_infeasible_and_bad_input(void **state)
     (void)state;
     const int bits[2] = {2, 3};
     double freq[3] = {1, 2, 3}, weight[3] = {1, 1, 1}, loss[6] = {2, 1, 2, 1, 2, 1};
-    moec_bitalloc_problem p = MOEC_BITALLOC_PROBLEM_DEFAULT;
-    p.n_experts = 3;
-    p.freq = freq;
-    p.weight = weight;
-    p.n_bits = 2;
-    p.bits = bits;
-    p.loss = loss;
-    p.avg_bits = 1.9;
+    moec_bitalloc_problem p = problem(3, freq, weight, 2, bits, loss, 1.9);
     moec_bitalloc_result r;
     moec_err err;
     assert_int_equal(moec_bitalloc_solve(&p, &r, &err), MOEC_ERR_ARG);

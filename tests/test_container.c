@@ -4,7 +4,6 @@
  * writes leaving nothing behind). */
 #include "testutil.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdint.h>
@@ -154,17 +153,17 @@ static char *write_fixture(const fixture *f, const char *dir)
     return path;
 }
 
-static size_t count_dir_entries(const char *dir)
+/* The fixture written as dir/model.moec: returns the file's bytes
+ * (malloc'd) and size, and where it is in *path when path is not NULL. */
+static unsigned char *fixture_bytes(const char *dir, const char **path, size_t *n)
 {
-    DIR *d = opendir(dir);
-    assert_non_null(d);
-    size_t n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
-            n++;
-    closedir(d);
-    return n;
+    fixture f;
+    fixture_init(&f);
+    const char *p = write_fixture(&f, dir);
+    fixture_free(&f);
+    if (path)
+        *path = p;
+    return (unsigned char *)tu_read_file(p, n);
 }
 
 static const moec_csection *desc_section(const moec_ctensor_desc *d, moec_section_kind k)
@@ -394,7 +393,7 @@ static void test_streaming(void **state)
     assert_false(access(path, F_OK) == 0); /* nothing under the final name yet */
     assert_int_equal(moec_container_writer_write(w, "elsewhere.moec", &err), MOEC_ERR_ARG);
     moec_container_writer_free(w);
-    assert_int_equal(count_dir_entries(dir), 0);
+    assert_int_equal(tu_count_dir_entries(dir), 0);
 
     assert_int_equal(moec_container_writer_new(NULL, &w, &err), MOEC_OK);
     assert_int_equal(moec_container_writer_stream(w, path, &err), MOEC_OK);
@@ -403,7 +402,7 @@ static void test_streaming(void **state)
     assert_int_equal(moec_container_writer_write(w, NULL, &err), MOEC_OK);
     assert_int_equal(moec_container_writer_add_tensor(w, &f.d[0], &err), MOEC_ERR_ARG);
     moec_container_writer_free(w);
-    assert_int_equal(count_dir_entries(dir), 1);
+    assert_int_equal(tu_count_dir_entries(dir), 1);
     moec_container *c;
     assert_int_equal(moec_container_open(path, 0, &c, &err), MOEC_OK);
     for (int i = 0; i < N_FIX; i++) {
@@ -457,12 +456,9 @@ static const char *expected_mention(const moec_container *c, size_t off, uint64_
 static void test_every_byte_flipped(void **state)
 {
     (void)state;
-    fixture f;
-    fixture_init(&f);
-    const char *dir = tu_tmpdir();
-    const char *path = write_fixture(&f, dir);
+    const char *path;
     size_t n;
-    unsigned char *good = (unsigned char *)tu_read_file(path, &n);
+    unsigned char *good = fixture_bytes(tu_tmpdir(), &path, &n);
     assert_true(n > 1024 && n < 8192);
     moec_container *pristine;
     moec_err err;
@@ -530,18 +526,14 @@ static void test_every_byte_flipped(void **state)
     moec_container_close(pristine);
     free(bad);
     free(good);
-    fixture_free(&f);
 }
 
 static void test_every_truncation(void **state)
 {
     (void)state;
-    fixture f;
-    fixture_init(&f);
     const char *dir = tu_tmpdir();
-    const char *path = write_fixture(&f, dir);
     size_t n;
-    char *good = tu_read_file(path, &n);
+    unsigned char *good = fixture_bytes(dir, NULL, &n);
     moec_err err;
     for (size_t len = 0; len < n; len++) {
         /* an exact-size heap copy, so any read past the end trips ASan */
@@ -573,18 +565,14 @@ static void test_every_truncation(void **state)
     assert_int_equal(moec_container_open_mem(longer, n + 1, "long", 0, &c, &err), MOEC_ERR_FORMAT);
     free(longer);
     free(good);
-    fixture_free(&f);
 }
 
 static void test_magic_and_version(void **state)
 {
     (void)state;
-    fixture f;
-    fixture_init(&f);
     const char *dir = tu_tmpdir();
-    const char *path = write_fixture(&f, dir);
     size_t n;
-    unsigned char *bytes = (unsigned char *)tu_read_file(path, &n);
+    unsigned char *bytes = fixture_bytes(dir, NULL, &n);
     moec_container *c;
     moec_err err;
 
@@ -620,7 +608,6 @@ static void test_magic_and_version(void **state)
     assert_int_equal(moec_container_open(dir, 0, &c, &err), MOEC_ERR_IO);
     assert_non_null(strstr(err.msg, "not a regular file"));
     free(bytes);
-    fixture_free(&f);
 }
 
 static void test_failed_write_leaves_nothing(void **state)
@@ -642,7 +629,7 @@ static void test_failed_write_leaves_nothing(void **state)
     assert_non_null(strstr(err.msg, "model.moec"));
     assert_int_equal(moec_container_writer_write(w, target, &err), MOEC_ERR_ARG);
     moec_container_writer_free(w);
-    assert_int_equal(count_dir_entries(dir), 1);
+    assert_int_equal(tu_count_dir_entries(dir), 1);
 
     /* the file size limit cuts a write in the middle */
     dir = tu_tmpdir();
@@ -659,7 +646,7 @@ static void test_failed_write_leaves_nothing(void **state)
     signal(SIGXFSZ, prev);
     assert_int_equal(s, MOEC_ERR_IO);
     moec_container_writer_free(w);
-    assert_int_equal(count_dir_entries(dir), 0);
+    assert_int_equal(tu_count_dir_entries(dir), 0);
 
     /* no such directory */
     w = fixture_writer(&f);
@@ -679,7 +666,7 @@ static void test_failed_write_leaves_nothing(void **state)
     signal(SIGXFSZ, prev);
     assert_int_equal(s, MOEC_ERR_IO);
     moec_container_writer_free(w);
-    assert_int_equal(count_dir_entries(dir), 1);
+    assert_int_equal(tu_count_dir_entries(dir), 1);
     size_t n;
     char *content = tu_read_file(target, &n);
     assert_int_equal(n, 3);
@@ -915,11 +902,8 @@ static void reseal(unsigned char *f, size_t n)
 static void test_structural_checks(void **state)
 {
     (void)state;
-    fixture f;
-    fixture_init(&f);
-    const char *path = write_fixture(&f, tu_tmpdir());
     size_t n;
-    unsigned char *good = (unsigned char *)tu_read_file(path, &n);
+    unsigned char *good = fixture_bytes(tu_tmpdir(), NULL, &n);
     unsigned char *b = malloc(n);
     moec_container *c;
     moec_err err;
@@ -987,7 +971,6 @@ static void test_structural_checks(void **state)
     }
     free(b);
     free(good);
-    fixture_free(&f);
 }
 
 int main(void)

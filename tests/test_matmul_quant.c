@@ -36,6 +36,8 @@ static const fmt_case cases[] = {
     {2, 64, false, 48, 100},  /* last group short */
     {5, 12, false, 40, 60},   /* group not a multiple of 8: portable qgemm */
     {8, 0, true, 33, 72},     /* one group per row */
+    {8, 64, false, 72, 128},  /* 8-bit direct path: 8-row blocks, zero point per group */
+    {2, 64, true, 40, 256},   /* 2-bit table lookups, symmetric */
 };
 
 #define SENTINEL 12345.0f

@@ -110,23 +110,64 @@ static void quantize(const moec_model *m, const calib_data *c, const moec_quant_
         fail_msg("quantize: %s", err.msg);
 }
 
+/* A fixture model with its calibration windows, and the copy a recipe
+ * makes of it (q NULL until then). */
+typedef struct qrun {
+    moec_model *m, *q;
+    calib_data c;
+    moec_quant_report rep;
+} qrun;
+
+static void qrun_open(qrun *t, const char *fixture, int64_t tokens)
+{
+    t->m = open_model(fixture);
+    calib_load(&t->c, t->m, tokens);
+    t->q = NULL;
+}
+
+static void qrun_quantize(qrun *t, const moec_quant_recipe *r)
+{
+    quantize(t->m, &t->c, r, &t->q, &t->rep);
+}
+
+static void qrun_close(qrun *t)
+{
+    if (t->q) {
+        moec_quant_report_free(&t->rep);
+        moec_model_close(t->q);
+    }
+    calib_free(&t->c);
+    moec_model_close(t->m);
+}
+
+/* The default recipe with this method and width, in groups of 32 (the
+ * fixtures' rows are short). */
+static moec_quant_recipe recipe(moec_qmethod method, int bits)
+{
+    moec_quant_recipe r = MOEC_QUANT_RECIPE_DEFAULT;
+    r.method = method;
+    r.bits = bits;
+    r.group = 32;
+    return r;
+}
+
 /* RTN and GPTQ at 3 bits: quantized expert tensors, finite logits from the
  * model and from its container, and GPTQ closer to the original. */
-static void rtn_vs_gptq(const char *fixture)
+static void test_rtn_vs_gptq(void **state)
 {
     moec_err err = {0};
-    moec_model *m = open_model(fixture);
-    calib_data c;
-    calib_load(&c, m, 384);
-    moec_quant_recipe r = MOEC_QUANT_RECIPE_DEFAULT;
-    r.bits = 3;
-    r.group = 32;
+    qrun t;
+    qrun_open(&t, *state, 384);
+    moec_quant_recipe r = recipe(MOEC_QMETHOD_RTN, 3);
     r.threads = 2;
-    moec_model *qr, *qg;
-    moec_quant_report rr, rg;
-    quantize(m, &c, &r, &qr, &rr);
+    moec_model *qr;
+    moec_quant_report rr;
+    quantize(t.m, &t.c, &r, &qr, &rr);
     r.method = MOEC_QMETHOD_GPTQ;
-    quantize(m, &c, &r, &qg, &rg);
+    qrun_quantize(&t, &r);
+    const moec_model *m = t.m, *qg = t.q;
+    const moec_quant_report *rg = &t.rep;
+    const calib_data *c = &t.c;
 
     const moec_tensor *w1 = &qg->layers[1].experts[3].w1;
     assert_int_equal(w1->dtype, MOEC_DT_QUANT);
@@ -136,18 +177,18 @@ static void rtn_vs_gptq(const char *fixture)
     assert_int_not_equal(qg->layers[1].wq.dtype, MOEC_DT_QUANT);
     if (m->cfg.shared_ffn)
         assert_int_equal(qg->layers[0].shared.w2.dtype, MOEC_DT_QUANT);
-    assert_int_equal(rg.rtn_fallbacks, 0);
-    assert_true(rg.passes >= 2 * m->cfg.n_layers);
-    assert_true(rg.quant_bpw > 3.0 && rg.quant_bpw < 4.5);
-    assert_true(fabs(rg.avg_expert_bits - 3.0) < 1e-12);
+    assert_int_equal(rg->rtn_fallbacks, 0);
+    assert_true(rg->passes >= 2 * m->cfg.n_layers);
+    assert_true(rg->quant_bpw > 3.0 && rg->quant_bpw < 4.5);
+    assert_true(fabs(rg->avg_expert_bits - 3.0) < 1e-12);
 
-    const double er = mean_block_err(&rr), eg = mean_block_err(&rg);
+    const double er = mean_block_err(&rr), eg = mean_block_err(rg);
     assert_true(eg < er);
-    assert_true(rg.verify_kld < rr.verify_kld);
-    assert_true(rg.verify_tokens > 0);
+    assert_true(rg->verify_kld < rr.verify_kld);
+    assert_true(rg->verify_tokens > 0);
 
-    float *lq = window_logits(qg, &c);
-    const size_t cnt = (size_t)c.len[0] * m->cfg.vocab_size;
+    float *lq = window_logits(qg, c);
+    const size_t cnt = (size_t)c->len[0] * m->cfg.vocab_size;
     for (size_t i = 0; i < cnt; i++)
         assert_true(isfinite(lq[i]));
 
@@ -159,40 +200,28 @@ static void rtn_vs_gptq(const char *fixture)
     assert_int_equal(moec_model_save_moec(qg, path, &so, &err), MOEC_OK);
     moec_model *back;
     assert_int_equal(moec_model_open_moec(&back, path, &err), MOEC_OK);
-    float *lb = window_logits(back, &c);
+    float *lb = window_logits(back, c);
     for (size_t i = 0; i < cnt; i++)
         assert_true(fabsf(lb[i] - lq[i]) <= 1e-3f * (1.0f + fabsf(lq[i])));
     free(lb);
     free(lq);
     moec_model_close(back);
     moec_quant_report_free(&rr);
-    moec_quant_report_free(&rg);
     moec_model_close(qr);
-    moec_model_close(qg);
-    calib_free(&c);
-    moec_model_close(m);
+    qrun_close(&t);
 }
 
-static void test_rtn_gptq_qwen3(void **state)
-{
-    (void)state;
-    rtn_vs_gptq(QWEN3);
-}
-
-static void test_rtn_gptq_qwen2(void **state)
-{
-    (void)state;
-    rtn_vs_gptq(QWEN2);
-}
-
-/* Constructed statistics: equal losses, one expert routed far more often. */
+/* MC-MoE's objectives on constructed tables. */
 static void test_mcmoe_constructed(void **state)
 {
     (void)state;
     moec_err err = {0};
     enum { E = 8, NB = 3 };
     const int choices[NB] = {2, 3, 4};
+    moec_mc_params paper = MOEC_MC_PARAMS_DEFAULT, output = MOEC_MC_PARAMS_DEFAULT;
+    paper.objective = MOEC_MC_PAPER;
     double count[E], gate[E], eps[E * NB];
+    /* PAPER: equal losses, one expert routed far more often gets the most bits */
     for (int e = 0; e < E; e++) {
         count[e] = e == 5 ? 900 : 100;
         gate[e] = 0.5 * count[e];
@@ -200,8 +229,8 @@ static void test_mcmoe_constructed(void **state)
             eps[e * NB + b] = 10.0 / (1 << (2 * b)); /* the same for every expert, falling with width */
     }
     int bits[E];
-    assert_int_equal(moec_quant_alloc_bits(MOEC_QALLOC_MCMOE, E, count, gate, eps, choices, NB, 2.5, 1.0, 1.5, true, bits,
-                                           &err),
+    assert_int_equal(moec_quant_alloc_bits(MOEC_QALLOC_MCMOE, &paper, E, count, gate, eps, true, choices, NB, 2.5,
+                                           bits, &err),
                      MOEC_OK);
     int sum = 0;
     for (int e = 0; e < E; e++) {
@@ -212,22 +241,61 @@ static void test_mcmoe_constructed(void **state)
     assert_int_equal(bits[5], 4);
 
     /* the importance-blind split: floor, then the first experts one width up */
-    assert_int_equal(moec_quant_alloc_bits(MOEC_QALLOC_UNIFORM, E, NULL, NULL, NULL, choices, NB, 2.5, 1, 1.5, false, bits,
-                                           &err),
+    assert_int_equal(moec_quant_alloc_bits(MOEC_QALLOC_UNIFORM, NULL, E, NULL, NULL, NULL, false, choices, NB, 2.5,
+                                           bits, &err),
                      MOEC_OK);
     for (int e = 0; e < E; e++)
         assert_int_equal(bits[e], e < 4 ? 3 : 2);
+
+    /* OUTPUT minimises Σ ε exactly: compare with every assignment of 4 experts to {1,2,3,4} under
+     * 10 bits (losses of mixed scale, counts that disagree with them so PAPER would differ) */
+    enum { E4 = 4 };
+    const int wide[4] = {1, 2, 3, 4};
+    const double eps_o[E4 * 4] = {9e5, 4e4, 6e3, 1e3, 2e4, 1e3, 2e2, 40, 5e5, 6e4, 5e3, 9e2, 1e5, 2e4, 3e3, 5e2};
+    const double cnt_o[E4] = {10, 400, 50, 300}, gate_o[E4] = {5, 200, 25, 150};
+    int b4[E4];
+    assert_int_equal(moec_quant_alloc_bits(MOEC_QALLOC_MCMOE, &output, E4, cnt_o, gate_o, eps_o, true, wide, 4, 2.5,
+                                           b4, &err),
+                     MOEC_OK);
+    double best = INFINITY, got = 0.0;
+    for (int code = 0; code < 256; code++) {
+        int bsum = 0;
+        double l = 0.0;
+        for (int e = 0; e < E4; e++) {
+            const int k = (code >> (2 * e)) & 3;
+            bsum += wide[k];
+            l += eps_o[e * 4 + k];
+        }
+        if (bsum <= 10 && l < best)
+            best = l;
+    }
+    sum = 0;
+    for (int e = 0; e < E4; e++) {
+        got += eps_o[e * 4 + b4[e] - 1];
+        sum += b4[e];
+    }
+    assert_true(sum <= 10);
+    assert_true(fabs(got - best) <= 1e-9 * best);
+    /* PAPER weighs the same table by the shares and picks another, worse by Σ ε */
+    assert_int_equal(moec_quant_alloc_bits(MOEC_QALLOC_MCMOE, &paper, E4, cnt_o, gate_o, eps_o, true, wide, 4, 2.5,
+                                           b4, &err),
+                     MOEC_OK);
+    double got_paper = 0.0;
+    for (int e = 0; e < E4; e++)
+        got_paper += eps_o[e * 4 + b4[e] - 1];
+    assert_true(got_paper > best * 1.01);
+
     /* at 2 bits from {1,2,3,4} with losses that fall ~14x per bit below 2 and ~7x above (as measured on
      * mixtral-tiny), the paper's diversity rows force a 4-bit and a 3-bit expert and so 1-bit ones;
      * without them every expert keeps 2 bits */
-    const int wide[4] = {1, 2, 3, 4};
     double eps4[E * 4];
     for (int e = 0; e < E; e++) {
         eps4[e * 4 + 0] = 1.4e6, eps4[e * 4 + 1] = 1.1e5, eps4[e * 4 + 2] = 1.5e4, eps4[e * 4 + 3] = 3.2e3;
         count[e] = 100 + 10 * e;
         gate[e] = 0.5 * count[e];
     }
-    assert_int_equal(moec_quant_alloc_bits(MOEC_QALLOC_MCMOE, E, count, gate, eps4, wide, 4, 2.0, 1, 1.5, true, bits,
+    paper.diversity = true;
+    assert_int_equal(moec_quant_alloc_bits(MOEC_QALLOC_MCMOE, &paper, E, count, gate, eps4, true, wide, 4, 2.0, bits,
                                            &err),
                      MOEC_OK);
     int n4 = 0, n3 = 0, n1 = 0;
@@ -237,13 +305,13 @@ static void test_mcmoe_constructed(void **state)
         sum += bits[e];
     }
     assert_true(n4 >= 1 && n3 >= 1 && n1 >= 1 && sum <= 16);
-    assert_int_equal(moec_quant_alloc_bits(MOEC_QALLOC_MCMOE, E, count, gate, eps4, wide, 4, 2.0, 1, 1.5, false, bits,
+    assert_int_equal(moec_quant_alloc_bits(MOEC_QALLOC_MCMOE, &output, E, count, gate, eps4, true, wide, 4, 2.0, bits,
                                            &err),
                      MOEC_OK);
     for (int e = 0; e < E; e++)
         assert_int_equal(bits[e], 2);
     /* a budget below the narrowest width is refused */
-    assert_int_equal(moec_quant_alloc_bits(MOEC_QALLOC_MCMOE, E, count, gate, eps, choices, NB, 1.5, 1, 1.5, true, bits,
+    assert_int_equal(moec_quant_alloc_bits(MOEC_QALLOC_MCMOE, &paper, E, count, gate, eps, true, choices, NB, 1.5, bits,
                                            &err),
                      MOEC_ERR_ARG);
 }
@@ -252,21 +320,18 @@ static void test_mcmoe_constructed(void **state)
 static void test_mcmoe_recipe(void **state)
 {
     (void)state;
-    moec_model *m = open_model(QWEN3);
-    calib_data c;
-    calib_load(&c, m, 256);
-    moec_quant_recipe r = MOEC_QUANT_RECIPE_DEFAULT;
-    r.bits = 3;
-    r.group = 32;
+    qrun t;
+    qrun_open(&t, QWEN3, 256);
+    moec_quant_recipe r = recipe(MOEC_QMETHOD_RTN, 3);
     r.avg_bits = 2.5;
     r.n_choices = 3;
     r.choices[0] = 2, r.choices[1] = 3, r.choices[2] = 4;
     r.verify_tokens = 0;
-    moec_model *q;
-    moec_quant_report rep;
-    quantize(m, &c, &r, &q, &rep);
-    for (int l = 0; l < rep.n_layers; l++) {
-        const moec_quant_layer_report *L = &rep.layers[l];
+    qrun_quantize(&t, &r);
+    const moec_model *q = t.q;
+    const moec_quant_report *rep = &t.rep;
+    for (int l = 0; l < rep->n_layers; l++) {
+        const moec_quant_layer_report *L = &rep->layers[l];
         int sum = 0;
         for (int e = 0; e < L->n_experts; e++) {
             sum += L->bits[e];
@@ -277,20 +342,20 @@ static void test_mcmoe_recipe(void **state)
         }
         assert_int_equal(sum, 20);
     }
-    assert_true(fabs(rep.avg_expert_bits - 2.5) < 1e-12);
-    moec_quant_report_free(&rep);
-    moec_model_close(q);
-    calib_free(&c);
-    moec_model_close(m);
+    assert_true(fabs(rep->avg_expert_bits - 2.5) < 1e-12);
+    qrun_close(&t);
 }
 
-/* Folding s into norm, router, gate and w1/w3 keeps the function. */
-static void smoothing_invariance(const char *fixture)
+/* Folding s into norm, router, gate and w1/w3 keeps the function (on
+ * qwen2moe, the shared expert and its sigmoid gate read the smoothed input
+ * too). */
+static void test_smoothing_invariance(void **state)
 {
     moec_err err = {0};
-    moec_model *m = open_model(fixture);
-    calib_data c;
-    calib_load(&c, m, CTX);
+    qrun t;
+    qrun_open(&t, *state, CTX);
+    const moec_model *m = t.m;
+    const calib_data *c = &t.c;
     moec_model *sm;
     assert_int_equal(moec_model_derive(&sm, m, &err), MOEC_OK);
     const int d = m->cfg.hidden_size;
@@ -307,8 +372,8 @@ static void smoothing_invariance(const char *fixture)
         assert_int_equal(sm->layers[l].ffn_norm.dtype, MOEC_DT_F32);
         assert_int_equal(sm->layers[l].router.dtype, MOEC_DT_F32);
     }
-    float *a = window_logits(m, &c), *b = window_logits(sm, &c);
-    const size_t cnt = (size_t)c.len[0] * m->cfg.vocab_size;
+    float *a = window_logits(m, c), *b = window_logits(sm, c);
+    const size_t cnt = (size_t)c->len[0] * m->cfg.vocab_size;
     double amax = 0, dmax = 0;
     for (size_t i = 0; i < cnt; i++) {
         amax = fmax(amax, fabs(a[i]));
@@ -319,20 +384,7 @@ static void smoothing_invariance(const char *fixture)
     assert_int_equal(moec_eaq_smooth_vector(sm, 0, xmax, 1.5f, s, &err), MOEC_ERR_ARG);
     free(a), free(b), free(xmax), free(s);
     moec_model_close(sm);
-    calib_free(&c);
-    moec_model_close(m);
-}
-
-static void test_smoothing_qwen3(void **state)
-{
-    (void)state;
-    smoothing_invariance(QWEN3);
-}
-
-static void test_smoothing_qwen2(void **state)
-{
-    (void)state;
-    smoothing_invariance(QWEN2); /* shared expert and its sigmoid gate read the smoothed input too */
+    qrun_close(&t);
 }
 
 /* Constructed routing: expert 3 is never selected but is the near miss of
@@ -375,22 +427,17 @@ static void test_balance_constructed(void **state)
 static void test_balance_recipe(void **state)
 {
     (void)state;
-    moec_model *m = open_model(QWEN3);
-    calib_data c;
-    calib_load(&c, m, 256);
-    moec_quant_recipe r = MOEC_QUANT_RECIPE_DEFAULT;
-    r.method = MOEC_QMETHOD_GPTQ;
-    r.bits = 4;
-    r.group = 32;
+    qrun t;
+    qrun_open(&t, QWEN3, 256);
+    moec_quant_recipe r = recipe(MOEC_QMETHOD_GPTQ, 4);
     r.balance_min = 72;
     r.verify_tokens = 0;
-    moec_model *q;
-    moec_quant_report rep;
-    quantize(m, &c, &r, &q, &rep);
+    qrun_quantize(&t, &r);
+    const moec_quant_report *rep = &t.rep;
     int raised = 0;
-    for (int l = 0; l < rep.n_layers; l++)
-        for (int e = 0; e < rep.layers[l].n_experts; e++) {
-            const moec_quant_layer_report *L = &rep.layers[l];
+    for (int l = 0; l < rep->n_layers; l++)
+        for (int e = 0; e < rep->layers[l].n_experts; e++) {
+            const moec_quant_layer_report *L = &rep->layers[l];
             assert_true(L->tokens[e] + L->extra[e] >= 72 || L->extra[e] == L->near_miss[e]);
             assert_true(L->extra[e] <= L->near_miss[e]);
             if (L->tokens[e] >= 72)
@@ -398,11 +445,8 @@ static void test_balance_recipe(void **state)
             raised += L->extra[e] > 0;
         }
     assert_true(raised > 0);
-    assert_int_equal(rep.balance_min, 72);
-    moec_quant_report_free(&rep);
-    moec_model_close(q);
-    calib_free(&c);
-    moec_model_close(m);
+    assert_int_equal(rep->balance_min, 72);
+    qrun_close(&t);
 }
 
 /* EAQuant end to end on the shared-expert fixture with activation
@@ -411,21 +455,18 @@ static void test_balance_recipe(void **state)
 static void test_eaquant_recipe(void **state)
 {
     (void)state;
-    moec_model *m = open_model(QWEN2);
-    calib_data c;
-    calib_load(&c, m, 256);
-    moec_quant_recipe r = MOEC_QUANT_RECIPE_DEFAULT;
-    r.method = MOEC_QMETHOD_GPTQ;
-    r.bits = 4;
-    r.group = 32;
+    qrun t;
+    qrun_open(&t, QWEN2, 256);
+    moec_quant_recipe r = recipe(MOEC_QMETHOD_GPTQ, 4);
     r.smooth = r.align = true;
     r.act_bits = 6;
     r.align_sample = 128;
-    moec_model *q;
-    moec_quant_report rep;
-    quantize(m, &c, &r, &q, &rep);
-    for (int l = 0; l < rep.n_layers; l++) {
-        const moec_quant_layer_report *L = &rep.layers[l];
+    qrun_quantize(&t, &r);
+    const moec_model *m = t.m, *q = t.q;
+    const moec_quant_report *rep = &t.rep;
+    const calib_data *c = &t.c;
+    for (int l = 0; l < rep->n_layers; l++) {
+        const moec_quant_layer_report *L = &rep->layers[l];
         assert_true(L->align_err[1] + r.align_lambda * L->align_kl[1] <=
                     L->align_err[0] + r.align_lambda * L->align_kl[0] + 1e-12);
         assert_true(L->align_kl[0] > 0); /* activation-quantized router input drifts */
@@ -435,15 +476,12 @@ static void test_eaquant_recipe(void **state)
             assert_int_equal(q->layers[l].shared_gate.dtype, MOEC_DT_F32);
         }
     }
-    assert_true(isfinite(rep.verify_kld));
-    float *lg = window_logits(q, &c);
-    for (size_t i = 0; i < (size_t)c.len[0] * m->cfg.vocab_size; i++)
+    assert_true(isfinite(rep->verify_kld));
+    float *lg = window_logits(q, c);
+    for (size_t i = 0; i < (size_t)c->len[0] * m->cfg.vocab_size; i++)
         assert_true(isfinite(lg[i]));
     free(lg);
-    moec_quant_report_free(&rep);
-    moec_model_close(q);
-    calib_free(&c);
-    moec_model_close(m);
+    qrun_close(&t);
 }
 
 static void test_recipe_errors(void **state)
@@ -481,9 +519,11 @@ static void test_recipe_errors(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_rtn_gptq_qwen3),     cmocka_unit_test(test_rtn_gptq_qwen2),
+        TU_TEST_ON("test_rtn_gptq_qwen3", test_rtn_vs_gptq, QWEN3),
+        TU_TEST_ON("test_rtn_gptq_qwen2", test_rtn_vs_gptq, QWEN2),
         cmocka_unit_test(test_mcmoe_constructed),  cmocka_unit_test(test_mcmoe_recipe),
-        cmocka_unit_test(test_smoothing_qwen3),    cmocka_unit_test(test_smoothing_qwen2),
+        TU_TEST_ON("test_smoothing_qwen3", test_smoothing_invariance, QWEN3),
+        TU_TEST_ON("test_smoothing_qwen2", test_smoothing_invariance, QWEN2),
         cmocka_unit_test(test_balance_constructed), cmocka_unit_test(test_balance_recipe),
         cmocka_unit_test(test_eaquant_recipe),     cmocka_unit_test(test_recipe_errors),
     };

@@ -1,7 +1,6 @@
 #include "testutil.h"
 
 #include <cjson/cJSON.h>
-#include <dirent.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,19 +23,6 @@ static int exists(const char *path)
 {
     struct stat sb;
     return stat(path, &sb) == 0;
-}
-
-static size_t count_dir_entries(const char *dir)
-{
-    DIR *d = opendir(dir);
-    assert_non_null(d);
-    size_t n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
-            n++;
-    closedir(d);
-    return n;
 }
 
 static moec_tensor view(moec_dtype dt, int ndim, const int64_t *shape, const void *data)
@@ -141,7 +127,7 @@ static void test_roundtrip(void **state)
                      MOEC_OK);
     assert_int_equal(moec_st_writer_write(w, dir, 0, &err), MOEC_OK);
     assert_true(exists(join(dir, "model.safetensors")));
-    assert_int_equal(count_dir_entries(dir), 1);
+    assert_int_equal(tu_count_dir_entries(dir), 1);
 
     moec_safetensors *st = NULL;
     assert_int_equal(moec_st_open(&st, dir, &err), MOEC_OK);
@@ -208,7 +194,7 @@ static void test_roundtrip(void **state)
 
     /* A second write over the same directory replaces the file atomically. */
     assert_int_equal(moec_st_writer_write(w, dir, 0, &err), MOEC_OK);
-    assert_int_equal(count_dir_entries(dir), 1);
+    assert_int_equal(tu_count_dir_entries(dir), 1);
     moec_st_writer_free(w);
 }
 
@@ -278,7 +264,7 @@ static void test_sharded_roundtrip(void **state)
         assert_int_equal(stat(join(dir, shards[i]), &sb), 0);
         sum += (uint64_t)sb.st_size;
     }
-    assert_int_equal(count_dir_entries(dir), 4);
+    assert_int_equal(tu_count_dir_entries(dir), 4);
 
     char *text = tu_read_file(join(dir, "model.safetensors.index.json"), NULL);
     cJSON *idx = cJSON_Parse(text);
@@ -620,7 +606,7 @@ static void test_failed_write_leaves_nothing(void **state)
     assert_int_equal(moec_st_writer_write(w, missing, 0, &err), MOEC_ERR_IO);
     assert_non_null(strstr(err.msg, "does-not-exist"));
     assert_false(exists(missing));
-    assert_int_equal(count_dir_entries(base), 0);
+    assert_int_equal(tu_count_dir_entries(base), 0);
 
     /* The second shard cannot be renamed into place (a directory holds its
      * name): the first, already renamed, and all temporaries must go. */
@@ -628,7 +614,7 @@ static void test_failed_write_leaves_nothing(void **state)
     assert_int_equal(mkdir(join(dir, "model-00002-of-00003.safetensors"), 0755), 0);
     assert_int_equal(moec_st_writer_write(w, dir, 2000, &err), MOEC_ERR_IO);
     assert_non_null(strstr(err.msg, "model-00002-of-00003.safetensors"));
-    assert_int_equal(count_dir_entries(dir), 1);
+    assert_int_equal(tu_count_dir_entries(dir), 1);
     assert_false(exists(join(dir, "model-00001-of-00003.safetensors")));
 
     /* A directory we may not write to (meaningless for root, who may). */
@@ -636,7 +622,7 @@ static void test_failed_write_leaves_nothing(void **state)
         const char *ro = tu_tmpdir();
         assert_int_equal(chmod(ro, 0555), 0);
         assert_int_equal(moec_st_writer_write(w, ro, 0, &err), MOEC_ERR_IO);
-        assert_int_equal(count_dir_entries(ro), 0);
+        assert_int_equal(tu_count_dir_entries(ro), 0);
         chmod(ro, 0755);
     }
     moec_st_writer_free(w);

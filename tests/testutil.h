@@ -16,5 +16,10 @@ char *tu_read_file(const char *path, size_t *size);
 void tu_write_file(const char *path, const void *data, size_t size);
 /* A fresh empty directory under the build dir, unique per call. */
 const char *tu_tmpdir(void);
+/* A cmocka test named name that runs fn with *state = arg, for one test
+ * function run on several fixtures: TU_TEST_ON("test_x_qwen3", test_x, PATH). */
+#define TU_TEST_ON(name, fn, arg) {name, fn, NULL, NULL, (void *)(arg)}
+/* Entries of a directory other than "." and "..", asserting it opens. */
+size_t tu_count_dir_entries(const char *dir);
 
 #endif

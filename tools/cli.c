@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 const char *cli_prog = "moec";
@@ -100,6 +101,24 @@ void cli_progress_done(void)
         fprintf(stderr, "\r\033[K");
         progress_open = false;
     }
+}
+
+double cli_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+void cli_calib_progress(void *ctx, int64_t done, int64_t total)
+{
+    if (!ctx) {
+        cli_progress("calibrating: %lld/%lld tokens", (long long)done, (long long)total);
+        return;
+    }
+    double dt = cli_seconds() - *(const double *)ctx;
+    cli_progress("calibrating: %lld/%lld tokens (%.0f tokens/s)", (long long)done, (long long)total,
+                 dt > 0 ? (double)done / dt : 0.0);
 }
 
 struct moec_model *cli_open_model(const char *path)

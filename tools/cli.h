@@ -30,6 +30,12 @@ double cli_parse_double(const char *opt, const char *s, double lo, double hi);
 extern bool cli_quiet;
 void cli_progress(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void cli_progress_done(void);
+/* Monotonic seconds, for timing a step. */
+double cli_seconds(void);
+/* A moec_calib_run progress callback: "calibrating: done/total tokens",
+ * with the rate when ctx points at the start time (a double from
+ * cli_seconds()), ctx may be NULL. */
+void cli_calib_progress(void *ctx, int64_t done, int64_t total);
 
 
 /* Opens a model (HF directory or .moec file) or dies with its error. */

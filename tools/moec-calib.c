@@ -7,7 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "calib/calib.h"
@@ -37,21 +36,6 @@ static const char usage[] =
     "  --quiet          no progress on stderr\n"
     "  --help           show this help\n"
     "exit status: 0 ok, 1 failure, 2 usage error\n";
-
-static double seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static void progress(void *ctx, int64_t done, int64_t total)
-{
-    const double *t0 = ctx;
-    double dt = seconds() - *t0;
-    cli_progress("calibrating: %lld/%lld tokens (%.0f tokens/s)", (long long)done, (long long)total,
-                 dt > 0 ? (double)done / dt : 0.0);
-}
 
 /* Fails now rather than after the whole pass when -o cannot be written. */
 static void check_output(const char *path)
@@ -192,10 +176,10 @@ int main(int argc, char **argv)
         cli_die("--ctx %d exceeds the model's %d positions", o.ctx, m->cfg.max_positions);
     moec_tokenizer *tok = cli_model_tokenizer(m);
     moec_stats *s;
-    double t0 = seconds();
-    if (moec_calib_run(m, tok, texts, n_texts, &o, &s, progress, &t0, &err))
+    double t0 = cli_seconds();
+    if (moec_calib_run(m, tok, texts, n_texts, &o, &s, cli_calib_progress, &t0, &err))
         cli_die_err(&err);
-    double secs = seconds() - t0;
+    double secs = cli_seconds() - t0;
     cli_progress_done();
     if (moec_stats_save(s, out, &err))
         cli_die_err(&err);

@@ -19,10 +19,13 @@ static const char usage[] =
     "                      agreement and the perplexity ratio model/base\n"
     "  --text FILE         text scored for perplexity (repeatable): tokenized whole, no special\n"
     "                      tokens, cut into complete windows of --ctx tokens (a shorter tail is\n"
-    "                      dropped), each from an empty cache, every position but the first scored\n"
+    "                      dropped), each from an empty cache; positions --score-from..ctx-2\n"
+    "                      predict the next token\n"
     "  --mc FILE.jsonl     multiple choice (lm-eval style: context, choices, label): acc by summed\n"
     "                      log-likelihood of the choice tokens, acc_norm by that sum / choice bytes\n"
     "  --ctx N             window length (default 256)\n"
+    "  --score-from N      first scored position of each window, 0..ctx-2 (default 0: every\n"
+    "                      position but the last); 'half' = ctx/2, llama-perplexity's convention\n"
     "  --threads N         worker threads (default 2)\n"
     "  --json              print one JSON object\n"
     "  --max-ppl-ratio X   exit 3 if perplexity ratio model/base exceeds X (needs --base, --text)\n"
@@ -62,19 +65,23 @@ static void print_row(const char *name, const cJSON *o, bool base)
 int main(int argc, char **argv)
 {
     cli_init(argc, argv);
-    enum { OPT_MODEL = 256, OPT_BASE, OPT_TEXT, OPT_MC, OPT_CTX, OPT_THREADS, OPT_JSON, OPT_PPLR, OPT_KLD, OPT_QUIET, OPT_ACT };
+    enum {
+        OPT_MODEL = 256, OPT_BASE, OPT_TEXT, OPT_MC, OPT_CTX, OPT_THREADS, OPT_JSON, OPT_PPLR, OPT_KLD, OPT_QUIET,
+        OPT_ACT, OPT_FROM
+    };
     static const struct option opts[] = {
         {"model", required_argument, 0, OPT_MODEL},   {"base", required_argument, 0, OPT_BASE},
         {"text", required_argument, 0, OPT_TEXT},     {"mc", required_argument, 0, OPT_MC},
         {"ctx", required_argument, 0, OPT_CTX},       {"threads", required_argument, 0, OPT_THREADS},
         {"json", no_argument, 0, OPT_JSON},           {"max-ppl-ratio", required_argument, 0, OPT_PPLR},
         {"max-kld", required_argument, 0, OPT_KLD},   {"quiet", no_argument, 0, OPT_QUIET},
-        {"act-bits", required_argument, 0, OPT_ACT},
+        {"act-bits", required_argument, 0, OPT_ACT},  {"score-from", required_argument, 0, OPT_FROM},
         {"help", no_argument, 0, 'h'},                {0, 0, 0, 0}};
     const char *model_path = NULL, *base_path = NULL, *mc = NULL;
     const char **texts = calloc((size_t)argc, sizeof *texts);
     int n_texts = 0;
-    long ctx = 256, threads = 2, act_bits = 0;
+    long ctx = 256, threads = 2, act_bits = 0, score_from = 0;
+    bool score_half = false; /* resolved once --ctx is known */
     bool json = false;
     double max_pplr = NAN, max_kld = NAN;
     int c;
@@ -91,6 +98,10 @@ int main(int argc, char **argv)
         case OPT_KLD: max_kld = cli_parse_double("--max-kld", optarg, 0.0, 1e9); break;
         case OPT_QUIET: cli_quiet = true; break;
         case OPT_ACT: act_bits = cli_parse_long("--act-bits", optarg, 2, 16); break;
+        case OPT_FROM:
+            score_half = !strcmp(optarg, "half");
+            score_from = score_half ? 0 : cli_parse_long("--score-from", optarg, 0, 1 << 20);
+            break;
         case 'h': fputs(usage, stdout); free(texts); return 0;
         default: cli_usage_error("unknown option");
         }
@@ -103,6 +114,10 @@ int main(int argc, char **argv)
         cli_usage_error("nothing to evaluate: give --text and/or --mc");
     if ((!isnan(max_pplr) || !isnan(max_kld)) && (!base_path || n_texts == 0))
         cli_usage_error("--max-ppl-ratio and --max-kld need --base and --text");
+    if (score_half)
+        score_from = ctx / 2;
+    if (score_from > ctx - 2)
+        cli_usage_error("--score-from: %ld is out of range [0, %ld] for --ctx %ld", score_from, ctx - 2, ctx);
 
     moec_err err = {0};
     moec_model *m = cli_open_model(model_path);
@@ -124,7 +139,7 @@ int main(int argc, char **argv)
     base_eo.act_bits = 0; /* the reference stays in full precision */
     if (moec_exec_new(&mx, m, &eo, &err) || (b && moec_exec_new(&bx, b, &base_eo, &err)))
         cli_die_err(&err);
-    moec_eval_spec spec = {texts, n_texts, mc, (int)ctx};
+    moec_eval_spec spec = {texts, n_texts, mc, (int)ctx, (int)score_from};
     cJSON *rep;
     if (moec_eval_report(mx, bx, tok, &spec, &rep, progress, NULL, &err))
         cli_die_err(&err);

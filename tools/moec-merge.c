@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "calib/calib.h"
+#include "core/fsutil.h"
 #include "calib/stats.h"
 #include "cli.h"
 #include "merge/merge.h"
@@ -283,6 +284,9 @@ int main(int argc, char **argv)
     struct stat sb;
     if (!force && stat(out, &sb) == 0)
         cli_die("%s: already exists (--force replaces it)", out);
+    moec_err perr = {0};
+    if (moec_check_parent_writable(out, &perr))
+        cli_die_err(&perr);
     co.threads = mo.threads;
 
     const double t0 = seconds();

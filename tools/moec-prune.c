@@ -7,7 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 
 #include "calib/calib.h"
 #include "calib/stats.h"
@@ -74,19 +73,6 @@ static const char usage[] =
     "          is scored, not only demonstrations\n"
     "  --global for freq, dern and easyep (not in their papers) ranks in-layer score shares\n"
     "exit status: 0 ok, 1 failure, 2 usage error\n";
-
-static double seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static void progress(void *ctx, int64_t done, int64_t total)
-{
-    (void)ctx;
-    cli_progress("calibrating: %lld/%lld tokens", (long long)done, (long long)total);
-}
 
 /* The text files' tokens for STUN's Wanda pass: up to cap tokens from each
  * file (0: all), concatenated. */
@@ -302,11 +288,12 @@ int main(int argc, char **argv)
     }
     if (n_stats == 0) {
         tok = cli_model_tokenizer(m);
-        double t0 = seconds();
-        if (moec_calib_run(m, tok, texts, n_texts, &co, &stats[0], cli_quiet ? NULL : progress, NULL, &err))
+        double t0 = cli_seconds();
+        if (moec_calib_run(m, tok, texts, n_texts, &co, &stats[0], cli_quiet ? NULL : cli_calib_progress,
+                           NULL, &err))
             cli_die_err(&err);
         cli_progress_done();
-        calib_secs = seconds() - t0;
+        calib_secs = cli_seconds() - t0;
         n_stats = 1;
     }
     int32_t *wanda_ids = NULL;

@@ -11,6 +11,7 @@
 
 #include "calib/stats.h"
 #include "cli.h"
+#include "core/fsutil.h"
 #include "model/model.h"
 #include "model/model_moec.h"
 #include "quant/recipe.h"
@@ -41,11 +42,14 @@ static const char usage[] =
     "  --embed-bits B     quantize embeddings and lm_head by RTN at B bits (groups of 64)\n"
     "  --avg-bits A       mixed precision: average code bits per routed expert in every layer\n"
     "  --bit-choices L    candidate widths, e.g. 1,2,3,4 (default)\n"
-    "  --alloc A          mcmoe (default): MC-MoE's integer program solved with GLPK, importance\n"
-    "                     from routing frequency and gate weight, loss = each expert's output error\n"
-    "                     on its routed tokens at each width; uniform: importance-blind split\n"
+    "  --alloc A          mcmoe (default): MC-MoE's integer program solved with GLPK per layer over\n"
+    "                     each expert's measured loss at each width; uniform: importance-blind split\n"
     "                     (every expert floor(A), the first experts of each layer one width up)\n"
-    "  --no-diversity     mcmoe: drop the paper's constraints that at least one expert per layer\n"
+    "  --mc-objective O   mcmoe: output (default): minimise the layer's output error, the sum over\n"
+    "                     experts of Σ gate²·‖output change‖² on their routed tokens (routing\n"
+    "                     frequency and weight enter through that sum); paper: the reference code's\n"
+    "                     share^1 · gate-share^1.5 · ‖output change‖\n"
+    "  --diversity        mcmoe: add the paper's constraints that at least one expert per layer\n"
     "                     takes each of the two widest choices\n"
     "  --eaquant          EAQuant: smoothing aggregation folded into the norm (one vector per\n"
     "                     layer), alpha and clipping chosen per layer by block output error +\n"
@@ -141,7 +145,7 @@ int main(int argc, char **argv)
     cli_init(argc, argv);
     enum {
         OPT_BITS = 256, OPT_GROUP, OPT_METHOD, OPT_SYM, OPT_CLIP, OPT_ACTORDER, OPT_DAMP, OPT_TEXT, OPT_STATS,
-        OPT_TOKENS, OPT_CTX, OPT_ATTN, OPT_ATTN_BITS, OPT_EMBED_BITS, OPT_AVG, OPT_CHOICES, OPT_ALLOC, OPT_NODIV, OPT_EAQ,
+        OPT_TOKENS, OPT_CTX, OPT_ATTN, OPT_ATTN_BITS, OPT_EMBED_BITS, OPT_AVG, OPT_CHOICES, OPT_ALLOC, OPT_DIV, OPT_MCOBJ, OPT_EAQ,
         OPT_SALPHA, OPT_NOALIGN, OPT_BALMIN, OPT_NOBAL, OPT_ACTBITS, OPT_VERIFY, OPT_FORCE, OPT_JSON, OPT_THREADS, OPT_QUIET
     };
     static const struct option opts[] = {
@@ -153,8 +157,8 @@ int main(int argc, char **argv)
         {"ctx", required_argument, 0, OPT_CTX},            {"attn", no_argument, 0, OPT_ATTN},
         {"attn-bits", required_argument, 0, OPT_ATTN_BITS}, {"embed-bits", required_argument, 0, OPT_EMBED_BITS},
         {"avg-bits", required_argument, 0, OPT_AVG},       {"bit-choices", required_argument, 0, OPT_CHOICES},
-        {"alloc", required_argument, 0, OPT_ALLOC},        {"no-diversity", no_argument, 0, OPT_NODIV},
-        {"eaquant", no_argument, 0, OPT_EAQ},
+        {"alloc", required_argument, 0, OPT_ALLOC},        {"diversity", no_argument, 0, OPT_DIV},
+        {"mc-objective", required_argument, 0, OPT_MCOBJ}, {"eaquant", no_argument, 0, OPT_EAQ},
         {"smooth-alpha", required_argument, 0, OPT_SALPHA}, {"no-align", no_argument, 0, OPT_NOALIGN},
         {"balance-min", required_argument, 0, OPT_BALMIN}, {"no-balance", no_argument, 0, OPT_NOBAL},
         {"act-bits", required_argument, 0, OPT_ACTBITS},
@@ -172,7 +176,7 @@ int main(int argc, char **argv)
     int64_t tokens = 32768;
     int ctx = 256;
     bool have_bits = false, json = false, force = false, eaquant = false, no_align = false, have_salpha = false;
-    bool have_choices = false, have_alloc = false, have_balmin = false;
+    bool have_choices = false, have_alloc = false, have_mcobj = false, have_balmin = false;
     int c;
     while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
         switch (c) {
@@ -212,7 +216,16 @@ int main(int argc, char **argv)
                 cli_usage_error("--alloc: unknown allocation '%s' (mcmoe or uniform)", optarg);
             have_alloc = true;
             break;
-        case OPT_NODIV: r.mc_diversity = false; break;
+        case OPT_DIV: r.mc.diversity = true; break;
+        case OPT_MCOBJ:
+            if (!strcmp(optarg, "output"))
+                r.mc.objective = MOEC_MC_OUTPUT;
+            else if (!strcmp(optarg, "paper"))
+                r.mc.objective = MOEC_MC_PAPER;
+            else
+                cli_usage_error("--mc-objective: unknown objective '%s' (output or paper)", optarg);
+            have_mcobj = true;
+            break;
         case OPT_EAQ: eaquant = true; break;
         case OPT_SALPHA:
             r.smooth_alpha = (float)cli_parse_double("--smooth-alpha", optarg, 0.0, 1.0);
@@ -228,7 +241,7 @@ int main(int argc, char **argv)
         case OPT_THREADS: r.threads = (int)cli_parse_long("--threads", optarg, 1, 256); break;
         case OPT_QUIET: cli_quiet = true; break;
         case 'o': out = optarg; break;
-        case 'h': fputs(usage, stdout); return 0;
+        case 'h': fputs(usage, stdout); free(texts); return 0;
         default: cli_usage_error("unknown option");
         }
     }
@@ -249,8 +262,8 @@ int main(int argc, char **argv)
         cli_usage_error("--eaquant needs --text");
     if ((have_choices || have_alloc) && r.avg_bits == 0)
         cli_usage_error("--bit-choices and --alloc go with --avg-bits");
-    if (!r.mc_diversity && !(r.avg_bits > 0 && r.alloc == MOEC_QALLOC_MCMOE))
-        cli_usage_error("--no-diversity goes with --avg-bits and --alloc mcmoe");
+    if ((r.mc.diversity || have_mcobj) && !(r.avg_bits > 0 && r.alloc == MOEC_QALLOC_MCMOE))
+        cli_usage_error("--diversity and --mc-objective go with --avg-bits and --alloc mcmoe");
     if ((no_align || have_salpha) && !eaquant)
         cli_usage_error("--no-align and --smooth-alpha go with --eaquant");
     if ((have_balmin || !r.balance) && r.method != MOEC_QMETHOD_GPTQ)
@@ -270,6 +283,8 @@ int main(int argc, char **argv)
         cli_die("%s: exists (use --force to replace it)", out);
 
     moec_err err = {0};
+    if (moec_check_parent_writable(out, &err))
+        cli_die_err(&err);
     moec_model *m = cli_open_model(model_path);
     if (ctx > m->cfg.max_positions)
         cli_die("--ctx %d exceeds the model's %d positions", ctx, m->cfg.max_positions);

@@ -206,3 +206,25 @@ void moec_remove_tree(const char *path)
         unlink(path);
     }
 }
+
+moec_status moec_check_parent_writable(const char *path, moec_err *err)
+{
+    char parent[4096];
+    size_t n = strlen(path);
+    while (n > 1 && path[n - 1] == '/')
+        n--;
+    while (n > 0 && path[n - 1] != '/')
+        n--;
+    while (n > 1 && path[n - 1] == '/')
+        n--;
+    if (n >= sizeof parent)
+        return moec_err_set(err, MOEC_ERR_ARG, "%s: path too long", path);
+    if (n == 0)
+        strcpy(parent, ".");
+    else
+        memcpy(parent, path, n), parent[n] = '\0';
+    struct stat sb;
+    if (stat(parent, &sb) != 0 || !S_ISDIR(sb.st_mode) || access(parent, W_OK | X_OK) != 0)
+        return moec_err_set(err, MOEC_ERR_IO, "%s: cannot write in %s", path, parent);
+    return MOEC_OK;
+}

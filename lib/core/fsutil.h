@@ -30,6 +30,11 @@ moec_status moec_tmpdir_beside(const char *out_dir, char *tmp, size_t cap, bool 
  * directory. */
 moec_status moec_commit_dir(const char *tmp, const char *out_dir, bool overwrite, moec_err *err);
 
+/* Checks, before any long work, that path's parent directory exists and is
+ * writable, so a tool fails at once rather than after hours of compute:
+ * MOEC_ERR_IO naming path and the parent otherwise. */
+moec_status moec_check_parent_writable(const char *path, moec_err *err);
+
 /* Removes a directory tree written by moec (best effort, no error). */
 void moec_remove_tree(const char *path);
 

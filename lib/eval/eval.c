@@ -65,11 +65,14 @@ void moec_ppl_add(moec_ppl_result *a, const moec_ppl_result *b)
     a->top1_same += b->top1_same;
 }
 
-moec_status moec_eval_ppl(moec_exec *model, moec_exec *base, const int32_t *ids, size_t n, int ctx,
+moec_status moec_eval_ppl(moec_exec *model, moec_exec *base, const int32_t *ids, size_t n, int ctx, int score_from,
                           moec_ppl_result *res, moec_eval_progress progress, void *progress_ctx, moec_err *err)
 {
     if (ctx < 2)
         return moec_err_set(err, MOEC_ERR_ARG, "context %d is too short to score (at least 2)", ctx);
+    if (score_from < 0 || score_from > ctx - 2)
+        return moec_err_set(err, MOEC_ERR_ARG, "scoring from position %d: outside 0..%d for a context of %d",
+                            score_from, ctx - 2, ctx);
     if (ctx > moec_exec_max_ctx(model) || (base && ctx > moec_exec_max_ctx(base)))
         return moec_err_set(err, MOEC_ERR_ARG, "context %d exceeds the executor's %d", ctx, moec_exec_max_ctx(model));
     if (n < (size_t)ctx)
@@ -97,7 +100,7 @@ moec_status moec_eval_ppl(moec_exec *model, moec_exec *base, const int32_t *ids,
             if ((st = moec_exec_forward(base, win, ctx, lb, true, err)))
                 break;
         }
-        for (int i = 0; i + 1 < ctx; i++) {
+        for (int i = score_from; i + 1 < ctx; i++) {
             const float *rm = lm + (size_t)i * V;
             res->nll_sum -= moec_logprob(rm, V, win[i + 1]);
             if (base) {
@@ -107,7 +110,7 @@ moec_status moec_eval_ppl(moec_exec *model, moec_exec *base, const int32_t *ids,
                 res->top1_same += argmax(rb, V) == argmax(rm, V);
             }
         }
-        res->tokens += ctx - 1;
+        res->tokens += ctx - 1 - score_from;
         res->windows++;
         if (progress)
             progress(progress_ctx, w + 1, windows);

@@ -3,8 +3,11 @@
  * Conventions (shared with the results tables, so numbers compare across
  * tools): a text is tokenized whole with no special tokens added and cut into
  * consecutive complete windows of ctx tokens (a shorter tail is dropped);
- * each window runs from an empty cache; every position but the last predicts
- * the next token, so a window scores ctx-1 tokens. Perplexity is
+ * each window runs from an empty cache; positions score_from..ctx-2 predict
+ * the next token, so a window scores ctx-1-score_from tokens. score_from = 0
+ * scores every position but the last; llama-perplexity (and the reference
+ * baselines) use score_from = ctx/2, so that each scored token sees at least
+ * ctx/2 tokens of context. Perplexity is
  * exp(mean negative log-likelihood) over the scored tokens. Against a base
  * model: mean KL(base ‖ model) in nats over the same positions, top-1
  * agreement (same argmax), and the perplexity ratio model/base.
@@ -38,11 +41,12 @@ typedef struct moec_ppl_result {
 /* Called after each window with (windows done, windows total). */
 typedef void (*moec_eval_progress)(void *ctx, int64_t done, int64_t total);
 
-/* Scores ids with model (and base, may be NULL) at window length ctx.
- * Fewer than ctx tokens: MOEC_ERR_ARG naming the count. Results accumulate
- * into res (zero it first; moec_ppl_finish computes the means), so several
- * files can be pooled. */
-moec_status moec_eval_ppl(moec_exec *model, moec_exec *base, const int32_t *ids, size_t n, int ctx,
+/* Scores ids with model (and base, may be NULL) at window length ctx, each
+ * window from position score_from on (0 <= score_from <= ctx-2, else
+ * MOEC_ERR_ARG). Fewer than ctx tokens: MOEC_ERR_ARG naming the count.
+ * Results accumulate into res (zero it first; moec_ppl_finish computes the
+ * means), so several files can be pooled. */
+moec_status moec_eval_ppl(moec_exec *model, moec_exec *base, const int32_t *ids, size_t n, int ctx, int score_from,
                           moec_ppl_result *res, moec_eval_progress progress, void *progress_ctx, moec_err *err);
 void moec_ppl_finish(moec_ppl_result *res);
 /* Adds b's sums into a (for totals over files). */

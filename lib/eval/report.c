@@ -37,8 +37,8 @@ static void relay(void *vctx, int64_t done, int64_t total)
         r->fn(r->ctx, r->what, done, total);
 }
 
-static moec_status eval_text(moec_exec *model, moec_exec *base, const moec_tokenizer *tok, const char *path, int ctx,
-                             moec_ppl_result *res, progress_relay *pr, moec_err *err)
+static moec_status eval_text(moec_exec *model, moec_exec *base, const moec_tokenizer *tok, const char *path,
+                             const moec_eval_spec *spec, moec_ppl_result *res, progress_relay *pr, moec_err *err)
 {
     char *text;
     size_t len;
@@ -53,7 +53,7 @@ static moec_status eval_text(moec_exec *model, moec_exec *base, const moec_token
         return moec_err_prefix(err, "%s", path);
     memset(res, 0, sizeof *res);
     pr->what = base_name(path);
-    st = moec_eval_ppl(model, base, ids, n, ctx, res, relay, pr, err);
+    st = moec_eval_ppl(model, base, ids, n, spec->ctx, spec->score_from, res, relay, pr, err);
     free(ids);
     if (st)
         return moec_err_prefix(err, "%s", path);
@@ -73,12 +73,13 @@ moec_status moec_eval_report(moec_exec *model, moec_exec *base, const moec_token
         return moec_err_set(err, MOEC_ERR_NOMEM, "out of memory");
     }
     cJSON_AddNumberToObject(rep, "ctx", spec->ctx);
+    cJSON_AddNumberToObject(rep, "score_from", spec->score_from);
     progress_relay pr = {progress, progress_ctx, NULL};
     moec_ppl_result total = {0};
     moec_status st = MOEC_OK;
     for (int i = 0; i < spec->n_texts && st == MOEC_OK; i++) {
         moec_ppl_result r;
-        if ((st = eval_text(model, base, tok, spec->texts[i], spec->ctx, &r, &pr, err)))
+        if ((st = eval_text(model, base, tok, spec->texts[i], spec, &r, &pr, err)))
             break;
         moec_ppl_add(&total, &r);
         cJSON *f = cJSON_AddObjectToObject(files, base_name(spec->texts[i]));

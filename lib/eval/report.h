@@ -14,13 +14,14 @@ typedef struct moec_eval_spec {
     int n_texts;
     const char *mc_path;      /* lm-eval-style JSONL, or NULL */
     int ctx;                  /* window length */
+    int score_from;           /* first scored position of each window (0 = all but the last; see eval.h) */
 } moec_eval_spec;
 
 /* Progress callback: (what, done, total), e.g. ("drama.val.txt", 3, 73). */
 typedef void (*moec_report_progress)(void *ctx, const char *what, int64_t done, int64_t total);
 
 /* Runs the evaluation. *out gets a new cJSON object (caller frees):
- *   ctx, perplexity, tokens (pooled over the files), and with a base
+ *   ctx, score_from, perplexity, tokens (pooled over the files), and with a base
  *   base_perplexity, kld_mean, top1_agreement, ppl_ratio; mc_acc, mc_acc_norm,
  *   mc_items with a multiple-choice set; "files": {basename: same keys}.
  * Both executors must share the tokenizer's vocabulary. */

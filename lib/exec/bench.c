@@ -28,53 +28,30 @@ static void fill_tokens(int32_t *ids, int n, int vocab)
     }
 }
 
-static moec_status time_prompt(moec_exec *ex, const int32_t *ids, int n, float *logits, int reps, double *median,
-                               double *best, moec_err *err)
+/* Median and best tokens per second over reps runs from an empty cache,
+ * feeding the n tokens step at a time: step = n times a prompt, step = 1
+ * times decoding. */
+static moec_status time_runs(moec_exec *ex, const int32_t *ids, int n, int step, float *logits,
+                             int reps, double *median, double *best, moec_err *err)
 {
     double *tps = malloc((size_t)reps * sizeof *tps);
     if (!tps)
         return moec_err_set(err, MOEC_ERR_NOMEM, "out of memory");
-    for (int r = 0; r < reps; r++) {
+    moec_status st = MOEC_OK;
+    for (int r = 0; r < reps && !st; r++) {
         moec_exec_reset(ex);
         double t0 = seconds();
-        moec_status st = moec_exec_forward(ex, ids, n, logits, false, err);
-        double t1 = seconds();
-        if (st) {
-            free(tps);
-            return st;
-        }
-        tps[r] = n / (t1 - t0);
-    }
-    qsort(tps, (size_t)reps, sizeof *tps, cmp_double);
-    *median = tps[reps / 2];
-    *best = tps[reps - 1];
-    free(tps);
-    return MOEC_OK;
-}
-
-static moec_status time_gen(moec_exec *ex, const int32_t *ids, int n, float *logits, int reps, double *median,
-                            double *best, moec_err *err)
-{
-    double *tps = malloc((size_t)reps * sizeof *tps);
-    if (!tps)
-        return moec_err_set(err, MOEC_ERR_NOMEM, "out of memory");
-    for (int r = 0; r < reps; r++) {
-        moec_exec_reset(ex);
-        double t0 = seconds();
-        for (int i = 0; i < n; i++) {
-            moec_status st = moec_exec_forward(ex, ids + i, 1, logits, false, err);
-            if (st) {
-                free(tps);
-                return st;
-            }
-        }
+        for (int i = 0; i < n && !st; i += step)
+            st = moec_exec_forward(ex, ids + i, step, logits, false, err);
         tps[r] = n / (seconds() - t0);
     }
-    qsort(tps, (size_t)reps, sizeof *tps, cmp_double);
-    *median = tps[reps / 2];
-    *best = tps[reps - 1];
+    if (!st) {
+        qsort(tps, (size_t)reps, sizeof *tps, cmp_double);
+        *median = tps[reps / 2];
+        *best = tps[reps - 1];
+    }
     free(tps);
-    return MOEC_OK;
+    return st;
 }
 
 moec_status moec_bench_run(const moec_model *m, const moec_bench_opts *o, moec_bench_result *r, moec_err *err)
@@ -102,13 +79,15 @@ moec_status moec_bench_run(const moec_model *m, const moec_bench_opts *o, moec_b
     /* warm-up: page in the weights, grow the buffers */
     if ((st = moec_exec_forward(ex, ids, o->prompt_b, logits, false, err)))
         goto done;
-    if ((st = time_prompt(ex, ids, o->prompt_a, logits, o->reps, &r->pp_a_tps, &r->pp_a_best, err)))
+    if ((st = time_runs(ex, ids, o->prompt_a, o->prompt_a, logits, o->reps, &r->pp_a_tps,
+                        &r->pp_a_best, err)))
         goto done;
     moec_exec_profile_enable(ex, o->profile);
-    if ((st = time_prompt(ex, ids, o->prompt_b, logits, o->reps, &r->pp_b_tps, &r->pp_b_best, err)))
+    if ((st = time_runs(ex, ids, o->prompt_b, o->prompt_b, logits, o->reps, &r->pp_b_tps,
+                        &r->pp_b_best, err)))
         goto done;
     moec_exec_profile(ex, r->prof_pp);
-    if ((st = time_gen(ex, ids, o->gen, logits, o->reps, &r->gen_tps, &r->gen_best, err)))
+    if ((st = time_runs(ex, ids, o->gen, 1, logits, o->reps, &r->gen_tps, &r->gen_best, err)))
         goto done;
     moec_exec_profile(ex, r->prof_gen);
     for (int i = 0; i < MOEC_OP_COUNT; i++)

@@ -17,11 +17,8 @@
 
 #include "core/dtype.h"
 
-#define T256 __attribute__((target("avx2,fma,f16c")))
-#define INL static inline __attribute__((always_inline)) T256
-
-#define ROW_CHUNK 16
-#define K_BLOCK 512
+#define MM_TARGET __attribute__((target("avx2,fma,f16c")))
+#define INL static inline __attribute__((always_inline)) MM_TARGET
 /* This family's direct kernel beats tile conversion + sgemm up to here. */
 #define DIRECT_MAX_N 64
 
@@ -110,98 +107,27 @@ INL void tile(int dt, int R, int NX, float *y, int64_t ldy, const float *x, int6
     }
 }
 
-INL void rows_nx(int dt, int NX, float *y, int64_t ldy, const float *x, int64_t ldx,
-                 const char *w, int64_t wstride, int64_t rows, int64_t K, bool acc)
+/* Stores the widened vector through widen8(_part), so that the driver's
+ * to_f32 needs no vector type. */
+INL void widen_store(int dt, float *dst, const void *src, int64_t k)
 {
-    const int R = NX == 1 ? 8 : 4;
-    int64_t r = 0;
-    for (; r + R <= rows; r += R)
-        tile(dt, R, NX, y + r, ldy, x, ldx, w + r * wstride, wstride, K, acc);
-    for (; r < rows; r++)
-        tile(dt, 1, NX, y + r, ldy, x, ldx, w + r * wstride, wstride, K, acc);
+    _mm256_storeu_ps(dst, widen8(dt, src, k));
 }
 
-INL void direct_dt(int dt, float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n,
-                   const char *w, int64_t rows, int64_t K, bool acc)
+INL void widen_store_part(int dt, float *dst, const void *src, int64_t k, int n)
 {
-    const int64_t es = dt == MOEC_DT_F32 ? 4 : 2, wstride = K * es;
-    /* When W rows are reused by several x blocks, long rows are cut into K
-     * blocks so that a ROW_CHUNK of W and a block of x rows stay in L1 while
-     * they are reused; later blocks add to y. */
-    const int64_t kc = n > 2 && K > 2 * K_BLOCK ? K_BLOCK : K;
-    for (int64_t k0 = 0; k0 < K; k0 += kc) {
-        const int64_t kn = K - k0 < kc ? K - k0 : kc;
-        const bool a = acc || k0 > 0;
-        for (int64_t r = 0; r < rows; r += ROW_CHUNK) {
-            int64_t nr = rows - r < ROW_CHUNK ? rows - r : ROW_CHUNK;
-            const char *wr = w + r * wstride + k0 * es;
-            const float *xk = x + k0;
-            float *yr = y + r;
-            /* pairs of x rows: with 16 registers, 4 W rows x 2 x rows is the
-             * tile that keeps FMAs busy without spilling */
-            int64_t i = 0;
-            for (; i + 2 <= n; i += 2)
-                rows_nx(dt, 2, yr + i * ldy, ldy, xk + i * ldx, ldx, wr, wstride, nr, kn, a);
-            if (i < n)
-                rows_nx(dt, 1, yr + i * ldy, ldy, xk + i * ldx, ldx, wr, wstride, nr, kn, a);
-        }
-    }
+    float buf[8];
+    _mm256_storeu_ps(buf, widen8_part(dt, src, k, n));
+    memcpy(dst, buf, (size_t)n * sizeof(float));
 }
 
-T256 static void direct_f32(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n,
-                            const char *w, int64_t rows, int64_t K, bool acc)
-{
-    direct_dt(MOEC_DT_F32, y, ldy, x, ldx, n, w, rows, K, acc);
-}
-
-T256 static void direct_f16(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n,
-                            const char *w, int64_t rows, int64_t K, bool acc)
-{
-    direct_dt(MOEC_DT_F16, y, ldy, x, ldx, n, w, rows, K, acc);
-}
-
-T256 static void direct_bf16(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n,
-                             const char *w, int64_t rows, int64_t K, bool acc)
-{
-    direct_dt(MOEC_DT_BF16, y, ldy, x, ldx, n, w, rows, K, acc);
-}
-
-T256 static void direct(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n,
-                        const void *w, int dt, int64_t rows, int64_t K, bool acc)
-{
-    switch (dt) {
-    case MOEC_DT_F32:
-        direct_f32(y, ldy, x, ldx, n, w, rows, K, acc);
-        break;
-    case MOEC_DT_F16:
-        direct_f16(y, ldy, x, ldx, n, w, rows, K, acc);
-        break;
-    case MOEC_DT_BF16:
-        direct_bf16(y, ldy, x, ldx, n, w, rows, K, acc);
-        break;
-    default:
-        break;
-    }
-}
-
-T256 static void to_f32(float *dst, const void *src, int dt, int64_t count)
-{
-    int64_t i = 0;
-    if (dt == MOEC_DT_BF16) {
-        for (; i + 8 <= count; i += 8)
-            _mm256_storeu_ps(dst + i, widen8(MOEC_DT_BF16, src, i));
-    } else if (dt == MOEC_DT_F16) {
-        for (; i + 8 <= count; i += 8)
-            _mm256_storeu_ps(dst + i, widen8(MOEC_DT_F16, src, i));
-    } else {
-        for (; i + 8 <= count; i += 8)
-            _mm256_storeu_ps(dst + i, widen8(MOEC_DT_F32, src, i));
-    }
-    if (i < count) {
-        float buf[8];
-        _mm256_storeu_ps(buf, widen8_part(dt, src, i, (int)(count - i)));
-        memcpy(dst + i, buf, (size_t)(count - i) * sizeof(float));
-    }
-}
+/* Pairs of x rows: with 16 registers, 4 W rows x 2 x rows is the tile that
+ * keeps FMAs busy without spilling; one x row takes 8 W rows. */
+#define MM_TILE_NX(dt) 2
+#define MM_NX_LIST(X) X(2)
+#define MM_TILE_ROWS(NX) ((NX) == 1 ? 8 : 4)
+#define MM_TAIL_ROWS 1
+#define MM_LANES 8
+#include "exec/matmul_driver.h"
 
 const moec_mm_kernels moec_mm_avx2_kernels = {"avx2", DIRECT_MAX_N, direct, to_f32};

@@ -15,17 +15,14 @@
 
 #include "core/dtype.h"
 
-#define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
-#define INL static inline __attribute__((always_inline)) T512
+#define MM_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
+#define INL static inline __attribute__((always_inline)) MM_TARGET
 
 /* x rows per tile: 4 W rows x 6 x rows = 24 accumulators + 6 x vectors +
  * 1 weight vector fill the 32 zmm registers. Fewer x rows take more W rows
  * (16 x 1, 8 x 2, 4 x 3..5). Measured on Zen 5, 6 x rows beat 4 by ~5% for
  * BF16 and lose ~5% for F16 and F32, which therefore stop at 4. */
 #define MAX_NX 6
-/* Rows of W kept hot in L1 while all x blocks pass over them. */
-#define ROW_CHUNK 16
-#define K_BLOCK 512
 /* The direct kernel serves every n: on a Zen 5 core it runs at 205-235
  * GFLOP/s from n = 4 up, where tile conversion + OpenBLAS sgemm reaches ~125
  * with the Haswell kernels (OPENBLAS_CORETYPE=Haswell) and 170-225 with its
@@ -144,118 +141,23 @@ INL void tile(int dt, int R, int NX, float *y, int64_t ldy, const float *x, int6
     }
 }
 
-/* All rows of a ROW_CHUNK (or the tail) against NX x rows. */
-INL void rows_nx(int dt, int NX, float *y, int64_t ldy, const float *x, int64_t ldx,
-                 const char *w, int64_t wstride, int64_t rows, int64_t K, bool acc)
+INL void widen_store(int dt, float *dst, const void *src, int64_t k)
 {
-    const int R = NX == 1 ? 16 : NX == 2 ? 8 : 4;
-    int64_t r = 0;
-    for (; r + R <= rows; r += R)
-        tile(dt, R, NX, y + r, ldy, x, ldx, w + r * wstride, wstride, K, acc);
-    for (; r + 4 <= rows; r += 4)
-        tile(dt, 4, NX, y + r, ldy, x, ldx, w + r * wstride, wstride, K, acc);
-    for (; r < rows; r++)
-        tile(dt, 1, NX, y + r, ldy, x, ldx, w + r * wstride, wstride, K, acc);
+    _mm512_storeu_ps(dst, widen16(dt, src, k));
 }
 
-INL void direct_dt(int dt, float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n,
-                   const char *w, int64_t rows, int64_t K, bool acc)
+INL void widen_store_part(int dt, float *dst, const void *src, int64_t k, int n)
 {
-    const int64_t es = dt == MOEC_DT_F32 ? 4 : 2, wstride = K * es;
-    /* When W rows are reused by several x blocks, long rows are cut into K
-     * blocks so that a ROW_CHUNK of W and a block of x rows stay in L1 while
-     * they are reused; later blocks add to y. */
-    const int max_nx = dt == MOEC_DT_BF16 ? MAX_NX : 4;
-    const int64_t kc = n > max_nx && K > 2 * K_BLOCK ? K_BLOCK : K;
-    for (int64_t k0 = 0; k0 < K; k0 += kc) {
-        const int64_t kn = K - k0 < kc ? K - k0 : kc;
-        const bool a = acc || k0 > 0;
-        for (int64_t r = 0; r < rows; r += ROW_CHUNK) {
-            int64_t nr = rows - r < ROW_CHUNK ? rows - r : ROW_CHUNK;
-            const char *wr = w + r * wstride + k0 * es;
-            const float *xk = x + k0;
-            float *yr = y + r;
-            for (int64_t i = 0; i < n; i += max_nx) {
-                float *yi = yr + i * ldy;
-                const float *xi = xk + i * ldx;
-                switch (n - i < max_nx ? n - i : max_nx) {
-                case 6:
-                    rows_nx(dt, 6, yi, ldy, xi, ldx, wr, wstride, nr, kn, a);
-                    break;
-                case 5:
-                    rows_nx(dt, 5, yi, ldy, xi, ldx, wr, wstride, nr, kn, a);
-                    break;
-                case 4:
-                    rows_nx(dt, 4, yi, ldy, xi, ldx, wr, wstride, nr, kn, a);
-                    break;
-                case 3:
-                    rows_nx(dt, 3, yi, ldy, xi, ldx, wr, wstride, nr, kn, a);
-                    break;
-                case 2:
-                    rows_nx(dt, 2, yi, ldy, xi, ldx, wr, wstride, nr, kn, a);
-                    break;
-                default:
-                    rows_nx(dt, 1, yi, ldy, xi, ldx, wr, wstride, nr, kn, a);
-                    break;
-                }
-            }
-        }
-    }
+    __mmask16 m = (__mmask16)((1u << n) - 1);
+    _mm512_mask_storeu_ps(dst, m, widen16_mask(dt, src, k, m));
 }
 
-T512 static void direct_f32(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n,
-                            const char *w, int64_t rows, int64_t K, bool acc)
-{
-    direct_dt(MOEC_DT_F32, y, ldy, x, ldx, n, w, rows, K, acc);
-}
-
-T512 static void direct_f16(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n,
-                            const char *w, int64_t rows, int64_t K, bool acc)
-{
-    direct_dt(MOEC_DT_F16, y, ldy, x, ldx, n, w, rows, K, acc);
-}
-
-T512 static void direct_bf16(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n,
-                             const char *w, int64_t rows, int64_t K, bool acc)
-{
-    direct_dt(MOEC_DT_BF16, y, ldy, x, ldx, n, w, rows, K, acc);
-}
-
-T512 static void direct(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n,
-                        const void *w, int dt, int64_t rows, int64_t K, bool acc)
-{
-    switch (dt) {
-    case MOEC_DT_F32:
-        direct_f32(y, ldy, x, ldx, n, w, rows, K, acc);
-        break;
-    case MOEC_DT_F16:
-        direct_f16(y, ldy, x, ldx, n, w, rows, K, acc);
-        break;
-    case MOEC_DT_BF16:
-        direct_bf16(y, ldy, x, ldx, n, w, rows, K, acc);
-        break;
-    default:
-        break;
-    }
-}
-
-T512 static void to_f32(float *dst, const void *src, int dt, int64_t count)
-{
-    int64_t i = 0;
-    if (dt == MOEC_DT_BF16) {
-        for (; i + 16 <= count; i += 16)
-            _mm512_storeu_ps(dst + i, widen16(MOEC_DT_BF16, src, i));
-    } else if (dt == MOEC_DT_F16) {
-        for (; i + 16 <= count; i += 16)
-            _mm512_storeu_ps(dst + i, widen16(MOEC_DT_F16, src, i));
-    } else {
-        for (; i + 16 <= count; i += 16)
-            _mm512_storeu_ps(dst + i, widen16(MOEC_DT_F32, src, i));
-    }
-    if (i < count) {
-        __mmask16 m = (__mmask16)((1u << (count - i)) - 1);
-        _mm512_mask_storeu_ps(dst + i, m, widen16_mask(dt, src, i, m));
-    }
-}
+/* Tile shapes as at MAX_NX; W rows left over go 4 at a time, then singly. */
+#define MM_TILE_NX(dt) ((dt) == MOEC_DT_BF16 ? MAX_NX : 4)
+#define MM_NX_LIST(X) X(6) X(5) X(4) X(3) X(2)
+#define MM_TILE_ROWS(NX) ((NX) == 1 ? 16 : (NX) == 2 ? 8 : 4)
+#define MM_TAIL_ROWS 4
+#define MM_LANES 16
+#include "exec/matmul_driver.h"
 
 const moec_mm_kernels moec_mm_avx512_kernels = {"avx512", DIRECT_MAX_N, direct, to_f32};

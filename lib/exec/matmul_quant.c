@@ -18,12 +18,14 @@
  * being written and being read (bench-qmatmul: 16 KiB to 256 KiB within
  * noise of each other, 32 KiB marginally best at n = 1). */
 #define TILE_BYTES (32 * 1024)
-/* n up to this uses the qgemm kernel where its AVX-512 version applies.
- * bench-qmatmul (AMD EPYC with AVX-512, mixtral-tiny shapes, 2/3/4 bits,
- * group 64) measured dequantized tiles + matmul.c's F32 kernel faster for
- * every n, n = 1 included (11 µs against 16 µs for 512x256), so 0 for now;
- * raise it if qgemm gets faster. */
-#define DIRECT_MAX_N 0
+/* n up to this uses the qgemm kernel where its AVX-512 version applies,
+ * by code width: bench-qmatmul (AMD EPYC Zen 5 class, mixtral-tiny shapes,
+ * group 64, one thread) puts the crossover with tiles + matmul.c's F32
+ * kernel between 16 and 32 for b <= 4 (a vpermps table lookup per 16 codes)
+ * and between 4 and 8 for b > 4 (codes converted to float). At n = 1 qgemm
+ * takes 3.2 µs for 512x256 at 4 bits where tiles take 10.6. */
+#define DIRECT_MAX_N_LUT 16
+#define DIRECT_MAX_N_CVT 4
 
 static _Atomic int forced_path;
 
@@ -34,7 +36,9 @@ void moec_matmul_quant_force_path(int path)
 
 int64_t moec_matmul_quant_direct_max_n(const moec_tensor *W)
 {
-    return W && W->q && strcmp(moec_qgemm_kernel(W->q), "avx512") == 0 ? DIRECT_MAX_N : 0;
+    if (!W || !W->q || strcmp(moec_qgemm_kernel(W->q), "avx512") != 0)
+        return 0;
+    return W->q->bits <= 4 ? DIRECT_MAX_N_LUT : DIRECT_MAX_N_CVT;
 }
 
 /* Rows [a, b) of f as a format of their own, so that a kernel's row 0 is
@@ -238,7 +242,7 @@ struct qjob {
     const moec_qformat *f;
     float *y;
     int64_t ldy;
-    const float *x; /* contiguous (ldx == cols) whenever direct */
+    const float *x;
     int64_t ldx;
     int64_t n;
     int64_t r0, r1; /* rows of f */
@@ -248,35 +252,28 @@ struct qjob {
     bool fallback_only;
 };
 
-static void *scratch(const struct qjob *j, int thread, size_t bytes)
+/* A worker's buffer: the pool's scratch for its share during a run, else
+ * (no pool, the caller alone outside a run, or a run that found the pool
+ * busy) its own allocation; *own says which, for release. */
+static void *scratch(const struct qjob *j, int thread, size_t bytes, bool *own)
 {
-    return j->pool ? moec_pool_scratch(j->pool, thread, bytes) : malloc(bytes);
+    void *p = j->pool ? moec_pool_scratch(j->pool, thread, bytes) : NULL;
+    *own = !p;
+    return p ? p : malloc(bytes);
 }
 
-static void release(const struct qjob *j, void *p)
+static void release(void *p, bool own)
 {
-    if (!j->pool)
+    if (own)
         free(p);
 }
 
 /* qgemm on f's rows [a, b) into y columns [a - r0, b - r0). */
-static bool direct_part(const struct qjob *j, int thread, int64_t a, int64_t b)
+static bool direct_part(const struct qjob *j, int64_t a, int64_t b)
 {
     const moec_qformat s = sub_rows(j->f, a, b);
-    const int64_t rows = b - a;
-    float *y = j->y + (a - j->r0);
-    if (!j->acc)
-        return moec_qgemm(&s, j->x, j->n, y, j->ldy, 0, rows, NULL) == MOEC_OK;
-    /* qgemm overwrites: compute into scratch, then add */
-    float *t = scratch(j, thread, (size_t)(j->n * rows) * sizeof(float));
-    if (!t)
-        return false;
-    bool ok = moec_qgemm(&s, j->x, j->n, t, rows, 0, rows, NULL) == MOEC_OK;
-    for (int64_t i = 0; ok && i < j->n; i++)
-        for (int64_t r = 0; r < rows; r++)
-            y[i * j->ldy + r] += t[i * rows + r];
-    release(j, t);
-    return ok;
+    return moec_qgemm_ex(&s, j->x, j->ldx, j->n, j->y + (a - j->r0), j->ldy, 0, b - a, j->acc,
+                         NULL) == MOEC_OK;
 }
 
 /* Dequantized float32 tiles of f's rows [a, b), each multiplied by
@@ -290,7 +287,8 @@ static bool tile_part(const struct qjob *j, int thread, int64_t a, int64_t b)
         tile_rows = ROW_ALIGN;
     if (tile_rows > b - a)
         tile_rows = b - a;
-    float *tile = scratch(j, thread, (size_t)(tile_rows * K) * sizeof(float));
+    bool own;
+    float *tile = scratch(j, thread, (size_t)(tile_rows * K) * sizeof(float), &own);
     if (!tile)
         return false;
     const dequant_fn dequant = dequant_rows();
@@ -302,7 +300,7 @@ static bool tile_part(const struct qjob *j, int thread, int64_t a, int64_t b)
         /* on the caller (no pool): this worker is already one of the pool's */
         moec_matmul_ex(NULL, j->y + (r - j->r0), j->ldy, j->x, j->ldx, j->n, &t, 0, tr, j->acc);
     }
-    release(j, tile);
+    release(tile, own);
     return true;
 }
 
@@ -314,7 +312,7 @@ static void qworker(void *ctx, int thread, int n_threads)
     if (a >= j->r1)
         return;
     const int64_t b = a + j->chunk < j->r1 ? a + j->chunk : j->r1;
-    if (!j->fallback_only && (j->direct ? direct_part(j, thread, a, b) : tile_part(j, thread, a, b)))
+    if (!j->fallback_only && (j->direct ? direct_part(j, a, b) : tile_part(j, thread, a, b)))
         return;
     const moec_qformat s = sub_rows(j->f, a, b);
     fallback_rows(&s, j->y + (a - j->r0), j->ldy, j->x, j->ldx, j->n, j->acc);
@@ -342,29 +340,22 @@ void moec_matmul_quant(moec_pool *pool, float *y, int64_t ldy, const float *x, i
         .direct = path == 1 || (path == 0 && n <= moec_matmul_quant_direct_max_n(W)),
         .fallback_only = path == 3,
     };
-    float *packed = NULL;
-    if (j.direct && ldx != K) {
-        /* qgemm reads x rows back to back */
-        packed = malloc((size_t)(n * K) * sizeof(float));
-        if (packed) {
-            for (int64_t i = 0; i < n; i++)
-                memcpy(packed + i * K, x + i * ldx, (size_t)K * sizeof(float));
-            j.x = packed;
-            j.ldx = K;
-        } else {
-            j.direct = false; /* sgemm takes any ldx */
-        }
-    }
     const int nt = moec_pool_size(pool);
     const double flops = 2.0 * (double)n * (double)rows * (double)K;
-    if (nt == 1 || flops < PAR_MIN_FLOPS) {
-        /* the caller is worker 0, so the pool's scratch 0 is its to use */
+    if (flops < PAR_MIN_FLOPS) {
+        /* on the caller, outside any run: the pool's scratch may be in use
+         * by someone else's run, so a tile (if needed) is allocated */
+        j.pool = NULL;
         j.chunk = rows;
         qworker(&j, 0, 1);
+        return;
+    }
+    if (nt == 1) {
+        /* a run of one share: scratch 0 is then this run's */
+        j.chunk = rows;
     } else {
         const int64_t per = (rows + nt - 1) / nt;
         j.chunk = (per + ROW_ALIGN - 1) / ROW_ALIGN * ROW_ALIGN;
-        moec_pool_run(pool, qworker, &j);
     }
-    free(packed);
+    moec_pool_run(pool, qworker, &j);
 }

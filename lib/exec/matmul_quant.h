@@ -4,20 +4,22 @@
  *
  * Output rows are split over the pool's workers (multiples of 16 rows, so no
  * two workers write one cache line of y). Per worker:
- *  - tiles (the default): the worker dequantizes a tile of its W rows
- *    (32 KiB of float32, in its pool scratch; AVX-512 unpacking where the
- *    CPU has it) and multiplies it with moec_matmul_ex on the caller, i.e.
- *    matmul.c's F32 kernels (direct FMA kernel, or single-threaded sgemm
- *    where that kernel family prefers it). The packed codes are read once
- *    per product; the float tile never leaves L1/L2.
- *  - direct, for n <= moec_matmul_quant_direct_max_n(W): moec_qgemm
- *    (quant/qgemv.h) on the worker's rows, converting codes in registers.
- *    Measured slower than tiles for every n on AVX-512 (see DIRECT_MAX_N in
- *    matmul_quant.c), so currently used only when forced.
+ *  - direct, for n <= moec_matmul_quant_direct_max_n(W) (decode and short
+ *    runs of tokens): moec_qgemm_ex (quant/qgemv.h) on the worker's rows,
+ *    converting the packed codes in registers (a table lookup per 16 codes
+ *    for b <= 4), x read in place, y written or accumulated in place;
+ *  - tiles, for larger n: the worker dequantizes a tile of its W rows
+ *    (32 KiB of float32, in its pool scratch during a run, else malloc'd;
+ *    AVX-512 unpacking where the CPU has it) and multiplies it with
+ *    moec_matmul_ex on the caller, i.e. matmul.c's F32 kernels (direct FMA
+ *    kernel, or single-threaded sgemm where that kernel family prefers it).
+ *    The packed codes are read once per product; the float tile never
+ *    leaves L1/L2;
  *  - a fallback that needs no memory, when no scratch can be had.
- * All compute Ŵ[r][c] = s·(q - z) exactly as moec_qformat_dequant_row does;
- * results differ from a float dequantize-then-multiply only in the order of
- * the float32 additions.
+ * All compute with Ŵ[r][c] = s·(q - z) as moec_qformat_dequant_row does, in
+ * float32; results differ from a float dequantize-then-multiply only in
+ * rounding (order of the additions; for b > 4 direct, s·(Σ q·x - z·Σ x)
+ * per group, see quant/qgemv.h).
  */
 #ifndef MOEC_EXEC_MATMUL_QUANT_H
 #define MOEC_EXEC_MATMUL_QUANT_H

@@ -84,31 +84,14 @@ static moec_status parse_metaspace(const cJSON *j, const char *where, d_step *st
     return MOEC_OK;
 }
 
-static moec_status parse_into(tok_decoder *d, const cJSON *j, const char *where, int depth,
+/* One non-Sequence component (tok_json_steps walks the Sequences). */
+static moec_status parse_step(void *ctx, const cJSON *j, const char *type, const char *where,
                               moec_err *err)
 {
-    const char *type;
-    moec_status st = tok_json_type(j, where, &type, err);
-    if (st)
-        return st;
-    if (depth > 16)
-        return moec_err_set(err, MOEC_ERR_FORMAT, "%s: Sequence nested too deeply", where);
+    tok_decoder *d = ctx;
+    moec_status st;
     d_step step;
     memset(&step, 0, sizeof step);
-    if (strcmp(type, "Sequence") == 0) {
-        const cJSON *arr, *it;
-        char path[256], item[300];
-        if ((st = tok_json_array(j, "decoders", where, &arr, err)))
-            return st;
-        tok_json_path(path, sizeof path, where, "decoders", 0);
-        int i = 0;
-        cJSON_ArrayForEach(it, arr) {
-            tok_json_path(item, sizeof item, path, NULL, i++);
-            if ((st = parse_into(d, it, item, depth + 1, err)))
-                return st;
-        }
-        return MOEC_OK;
-    }
     if (strcmp(type, "ByteLevel") == 0) {
         step.kind = D_BYTELEVEL;
     } else if (strcmp(type, "Metaspace") == 0) {
@@ -159,7 +142,7 @@ moec_status tok_decoder_parse(const cJSON *j, const char *where, tok_decoder **o
     tok_decoder *d = calloc(1, sizeof *d);
     if (!d)
         return moec_err_set(err, MOEC_ERR_NOMEM, "%s: out of memory", where);
-    moec_status st = parse_into(d, j, where, 0, err);
+    moec_status st = tok_json_steps(j, where, "decoders", parse_step, d, err);
     if (st) {
         tok_decoder_free(d);
         return st;

@@ -8,10 +8,12 @@
 
 const char *tok_json_path(char *buf, size_t cap, const char *where, const char *key, int index)
 {
-    if (key)
-        snprintf(buf, cap, "%s.%s", where, key);
-    else
-        snprintf(buf, cap, "%s[%d]", where, index);
+    int n = key ? snprintf(buf, cap, "%s.%s", where, key)
+                : snprintf(buf, cap, "%s[%d]", where, index);
+    /* A path longer than buf is cut short (it only labels error messages);
+     * after an encoding error buf's contents are unspecified. */
+    if (n < 0 && cap > 0)
+        buf[0] = '\0';
     return buf;
 }
 
@@ -147,4 +149,37 @@ moec_status tok_json_array(const cJSON *obj, const char *key, const char *where,
                             kind(a));
     *out = a;
     return MOEC_OK;
+}
+
+/* depth counts the Sequences around j; HF does not limit it, but a file
+ * nesting them this deep is broken and recursion must stop somewhere. */
+static moec_status steps_at(const cJSON *j, const char *where, const char *list_key, int depth,
+                            tok_step_fn step, void *ctx, moec_err *err)
+{
+    const char *type = NULL;
+    moec_status st = tok_json_type(j, where, &type, err);
+    if (st)
+        return st;
+    if (depth > 16)
+        return moec_err_set(err, MOEC_ERR_FORMAT, "%s: Sequence nested too deeply", where);
+    if (strcmp(type, "Sequence") != 0)
+        return step(ctx, j, type, where, err);
+    const cJSON *arr, *it;
+    char path[256], item[300];
+    if ((st = tok_json_array(j, list_key, where, &arr, err)))
+        return st;
+    tok_json_path(path, sizeof path, where, list_key, 0);
+    int i = 0;
+    cJSON_ArrayForEach(it, arr) {
+        tok_json_path(item, sizeof item, path, NULL, i++);
+        if ((st = steps_at(it, item, list_key, depth + 1, step, ctx, err)))
+            return st;
+    }
+    return MOEC_OK;
+}
+
+moec_status tok_json_steps(const cJSON *j, const char *where, const char *list_key,
+                           tok_step_fn step, void *ctx, moec_err *err)
+{
+    return steps_at(j, where, list_key, 0, step, ctx, err);
 }

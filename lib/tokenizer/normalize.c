@@ -66,30 +66,13 @@ static moec_status copy_text(const char *s, char **out, size_t *len, const char 
     return MOEC_OK;
 }
 
-static moec_status parse_into(tok_normalizer *nz, const cJSON *j, const char *where, int depth,
+/* One non-Sequence component (tok_json_steps walks the Sequences). */
+static moec_status parse_step(void *ctx, const cJSON *j, const char *type, const char *where,
                               moec_err *err)
 {
-    const char *type;
-    moec_status st = tok_json_type(j, where, &type, err);
-    if (st)
-        return st;
-    if (depth > 16)
-        return moec_err_set(err, MOEC_ERR_FORMAT, "%s: Sequence nested too deeply", where);
+    tok_normalizer *nz = ctx;
+    moec_status st;
     nz_step step = { 0 };
-    if (strcmp(type, "Sequence") == 0) {
-        const cJSON *arr, *it;
-        char path[256], item[300];
-        if ((st = tok_json_array(j, "normalizers", where, &arr, err)))
-            return st;
-        tok_json_path(path, sizeof path, where, "normalizers", 0);
-        int i = 0;
-        cJSON_ArrayForEach(it, arr) {
-            tok_json_path(item, sizeof item, path, NULL, i++);
-            if ((st = parse_into(nz, it, item, depth + 1, err)))
-                return st;
-        }
-        return MOEC_OK;
-    }
     if (strcmp(type, "NFC") == 0) {
         step.kind = NZ_NFC;
     } else if (strcmp(type, "NFD") == 0) {
@@ -142,7 +125,7 @@ moec_status tok_normalizer_parse(const cJSON *j, const char *where, tok_normaliz
     tok_normalizer *nz = calloc(1, sizeof *nz);
     if (!nz)
         return moec_err_set(err, MOEC_ERR_NOMEM, "%s: out of memory", where);
-    moec_status st = parse_into(nz, j, where, 0, err);
+    moec_status st = tok_json_steps(j, where, "normalizers", parse_step, nz, err);
     if (st) {
         tok_normalizer_free(nz);
         return st;

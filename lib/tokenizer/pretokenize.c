@@ -145,31 +145,14 @@ static moec_status parse_metaspace(const cJSON *j, const char *where, pt_step *s
     return tok_regex_compile(&step->rx, pat, true, where, err);
 }
 
-static moec_status parse_into(tok_pretok *pt, const cJSON *j, const char *where, int depth,
+/* One non-Sequence component (tok_json_steps walks the Sequences). */
+static moec_status parse_step(void *ctx, const cJSON *j, const char *type, const char *where,
                               moec_err *err)
 {
-    const char *type;
-    moec_status st = tok_json_type(j, where, &type, err);
-    if (st)
-        return st;
-    if (depth > 16)
-        return moec_err_set(err, MOEC_ERR_FORMAT, "%s: Sequence nested too deeply", where);
+    tok_pretok *pt = ctx;
+    moec_status st;
     pt_step step;
     memset(&step, 0, sizeof step);
-    if (strcmp(type, "Sequence") == 0) {
-        const cJSON *arr, *it;
-        char path[256], item[300];
-        if ((st = tok_json_array(j, "pretokenizers", where, &arr, err)))
-            return st;
-        tok_json_path(path, sizeof path, where, "pretokenizers", 0);
-        int i = 0;
-        cJSON_ArrayForEach(it, arr) {
-            tok_json_path(item, sizeof item, path, NULL, i++);
-            if ((st = parse_into(pt, it, item, depth + 1, err)))
-                return st;
-        }
-        return MOEC_OK;
-    }
     if (strcmp(type, "Split") == 0) {
         step.kind = PT_SPLIT;
         if ((st = parse_behavior(j, where, true, B_ISOLATED, &step.behavior, err)) ||
@@ -229,7 +212,7 @@ moec_status tok_pretok_parse(const cJSON *j, const char *where, tok_pretok **out
     tok_pretok *pt = calloc(1, sizeof *pt);
     if (!pt)
         return moec_err_set(err, MOEC_ERR_NOMEM, "%s: out of memory", where);
-    moec_status st = parse_into(pt, j, where, 0, err);
+    moec_status st = tok_json_steps(j, where, "pretokenizers", parse_step, pt, err);
     if (st) {
         tok_pretok_free(pt);
         return st;

@@ -173,6 +173,15 @@ moec_status tok_json_pattern(const cJSON *obj, const char *key, const char *wher
 moec_status tok_json_array(const cJSON *obj, const char *key, const char *where,
                            const cJSON **out, moec_err *err);
 
+/* One component of a step list, of the given "type" (never "Sequence"). */
+typedef moec_status (*tok_step_fn)(void *ctx, const cJSON *j, const char *type, const char *where,
+                                   moec_err *err);
+/* Walks a normalizer, pre-tokenizer or decoder: calls step on j, or, when j
+ * is a "Sequence", on each component of its array list_key in order
+ * (Sequences nest), with the component's path ("where.list_key[i]"). */
+moec_status tok_json_steps(const cJSON *j, const char *where, const char *list_key,
+                           tok_step_fn step, void *ctx, moec_err *err);
+
 /* ---- byte-level alphabet (bytelevel.c) ---- */
 
 /* The printable character GPT-2's byte-level BPE uses for byte b, as UTF-8
