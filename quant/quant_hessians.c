@@ -3,7 +3,7 @@
  *
  * Every pass runs all calibration windows through the working model: a
  * model derived from the original in which everything quantized so far is
- * stored dequantized as F32 (recipe.c), so the inputs a pass sees at layer
+ * the packed result itself (recipe.c), so the inputs a pass sees at layer
  * L are those of the partially quantized model, as in GPTQ's sequential
  * procedure. A pass acts only at its layer (hooks at other layers return at
  * once); the executor still runs the layers after it, which costs time but

@@ -411,27 +411,18 @@ static moec_status to_float(const moec_tensor *t, const char *what, float **out,
     return MOEC_OK;
 }
 
-/* Stores q as the working model's tensor *wt (dequantized F32, reusing a
- * buffer the working model already owns) and as the output's *ot. srct is
- * the original tensor, to tell a view into it from an owned buffer. */
-static moec_status install(recipe_run *R, moec_tensor *wt, moec_tensor *ot, const moec_tensor *srct,
-                           const moec_qformat *q, const char *name, moec_err *err)
+/* Stores q as the output's tensor *ot and makes the working model's *wt a
+ * view of it: the passes that follow run the packed groups through the
+ * executor's quantized kernels, so no quantized weight is held twice or
+ * widened to float. Any float copy *wt held before (EAQuant's smoothed
+ * w1/w3) stays in the working model's arena until it closes. */
+static moec_status install(recipe_run *R, moec_tensor *wt, moec_tensor *ot, const moec_qformat *q,
+                           const char *name, moec_err *err)
 {
-    const int64_t rows = q->rows, cols = q->cols;
-    float *dst;
-    if (wt->dtype == MOEC_DT_F32 && wt->data != srct->data && wt->ndim == 2 && wt->shape[0] == rows &&
-        wt->shape[1] == cols) {
-        dst = (float *)wt->data; /* the working model's own buffer (moec_model_alloc), written in place */
-    } else {
-        moec_tensor nt;
-        moec_status st = moec_model_new_tensor(R->work, &nt, MOEC_DT_F32, rows, cols, err);
-        if (st)
-            return moec_err_prefix(err, "%s", name);
-        dst = (float *)nt.data;
-        *wt = nt;
-    }
-    moec_qformat_dequant_rows(q, 0, rows, dst);
-    return moec_model_set_quant(R->out, ot, q, name, err);
+    moec_status st = moec_model_set_quant(R->out, ot, q, name, err);
+    if (!st)
+        *wt = *ot;
+    return st;
 }
 
 /* One matrix to quantize: RTN, or GPTQ with a prepared inverse Hessian. */
@@ -582,12 +573,12 @@ static moec_status quant_embeddings(recipe_run *R, moec_err *err)
     if (!st)
         st = run_mjobs(R, j, n, err);
     if (!st)
-        st = install(R, &R->work->embed, &R->out->embed, &src->embed, &j[0].q.f, j[0].name, err);
+        st = install(R, &R->work->embed, &R->out->embed, &j[0].q.f, j[0].name, err);
     if (!st && tied) {
         R->work->lm_head = R->work->embed;
         R->out->lm_head = R->out->embed;
     } else if (!st) {
-        st = install(R, &R->work->lm_head, &R->out->lm_head, &src->lm_head, &j[1].q.f, j[1].name, err);
+        st = install(R, &R->work->lm_head, &R->out->lm_head, &j[1].q.f, j[1].name, err);
     }
     for (int i = 0; i < n; i++)
         moec_qmatrix_free(&j[i].q);
@@ -644,7 +635,7 @@ static moec_status quant_attention(recipe_run *R, int l, moec_err *err)
     if ((st = run_mjobs(R, mj, nm, err)))
         goto done;
     for (int i = 0; i < 4 && !st; i++)
-        st = install(R, st_w[i], st_o[i], st_src[i], &mj[i].q.f, mj[i].name, err);
+        st = install(R, st_w[i], st_o[i], &mj[i].q.f, mj[i].name, err);
 done:
     for (int i = 0; i < nm; i++)
         moec_qmatrix_free(&mj[i].q);
@@ -676,7 +667,7 @@ static moec_status quant_dense(recipe_run *R, int l, moec_err *err)
     if (!st)
         st = run_mjobs(R, mj, nm, err);
     for (int i = 0; i < 3 && !st; i++)
-        st = install(R, w3[i], o3[i], s3[i], &mj[i].q.f, mj[i].name, err);
+        st = install(R, w3[i], o3[i], &mj[i].q.f, mj[i].name, err);
     for (int i = 0; i < nm; i++)
         moec_qmatrix_free(&mj[i].q);
     for (int i = 0; i < 3; i++)
@@ -1208,9 +1199,9 @@ static moec_status moe_layer_run(recipe_run *R, int l, moec_err *err)
         const qr_cand *c = &M.cand[(size_t)e * M.nb + width_index(&M, M.bits[e])];
         char name[128];
         snprintf(name, sizeof name, "layer %d expert %d w1", l, e);
-        if (!(st = install(R, &WL->experts[e].w1, &OL->experts[e].w1, &SL->experts[e].w1, &c->w[0].f, name, err))) {
+        if (!(st = install(R, &WL->experts[e].w1, &OL->experts[e].w1, &c->w[0].f, name, err))) {
             snprintf(name, sizeof name, "layer %d expert %d w3", l, e);
-            st = install(R, &WL->experts[e].w3, &OL->experts[e].w3, &SL->experts[e].w3, &c->w[1].f, name, err);
+            st = install(R, &WL->experts[e].w3, &OL->experts[e].w3, &c->w[1].f, name, err);
         }
     }
     if (!st && fs > 0) {
@@ -1219,8 +1210,8 @@ static moec_status moe_layer_run(recipe_run *R, int l, moec_err *err)
                       mjob_make(M.sh3, fs, d, r->bits, r->group, M.clip_w13, M.h1j[E].hinv,
                                 "layer %d shared expert w3", l)};
         if (!(st = run_mjobs(R, sj, 2, err)) &&
-            !(st = install(R, &WL->shared.w1, &OL->shared.w1, &SL->shared.w1, &sj[0].q.f, sj[0].name, err)))
-            st = install(R, &WL->shared.w3, &OL->shared.w3, &SL->shared.w3, &sj[1].q.f, sj[1].name, err);
+            !(st = install(R, &WL->shared.w1, &OL->shared.w1, &sj[0].q.f, sj[0].name, err)))
+            st = install(R, &WL->shared.w3, &OL->shared.w3, &sj[1].q.f, sj[1].name, err);
         moec_qmatrix_free(&sj[0].q);
         moec_qmatrix_free(&sj[1].q);
     }
@@ -1323,9 +1314,9 @@ static moec_status moe_layer_run(recipe_run *R, int l, moec_err *err)
             goto done;
     }
     for (int e = 0; e < E && !st; e++)
-        st = install(R, &WL->experts[e].w2, &OL->experts[e].w2, &SL->experts[e].w2, &mj[e].q.f, mj[e].name, err);
+        st = install(R, &WL->experts[e].w2, &OL->experts[e].w2, &mj[e].q.f, mj[e].name, err);
     if (!st && fs > 0)
-        st = install(R, &WL->shared.w2, &OL->shared.w2, &SL->shared.w2, &mj[E].q.f, mj[E].name, err);
+        st = install(R, &WL->shared.w2, &OL->shared.w2, &mj[E].q.f, mj[E].name, err);
     for (int e = 0; e < E; e++)
         if (LR->rtn_fallback[e])
             R->rep->rtn_fallbacks++;

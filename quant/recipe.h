@@ -16,9 +16,9 @@
  * run layer by layer, as the GPTQ reference does: the Hessians of layer L
  * are built from calibration tokens run through the model whose layers
  * before L (and, within layer L, the projections quantized before) are
- * already quantized. The passes use a "fake-quantized" working model whose
- * quantized weights are stored dequantized as F32 (quant_hessians.c
- * documents every pass). Per layer:
+ * already quantized. The passes use a working model whose quantized
+ * weights are views of the output's packed tensors, run by the executor's
+ * quantized kernels (quant_hessians.c documents every pass). Per layer:
  *   A  (attn + GPTQ)  Σ xxᵀ of the q/k/v input and Σ aaᵀ of the o_proj input
  *                     (o_proj's from the same pass: q/k/v of that layer are
  *                     still full precision then, as in the textbook GPTQ);
@@ -34,13 +34,14 @@
  * original on calibration windows (KL, top-1, per-layer routing agreement
  * and block output error) for the report.
  *
- * Memory: the working model keeps every quantized tensor as F32 (4 bytes
- * per quantized weight, for fast float products in the passes), plus one
- * layer's Hessians in double (E·(d² + f²) for the experts) and its float
- * weight copies. Fine for checkpoints of a few GB; for Mixtral-8x7B the F32
- * copies alone would be ~180 GB, so DESIGN.md's "about one layer" goal is
- * not met yet (the executor runs MOEC_DT_QUANT tensors, so the working
- * model could hold packed tensors instead, at some speed cost).
+ * Memory: the source checkpoint (mmap'd), the output's packed tensors
+ * (shared with the working model), one layer's Hessians in double
+ * (E·(d² + f²) for the experts), its float weight copies and the
+ * calibration activations of one layer. No quantized weight is held in
+ * float beyond its own layer: on mixtral-tiny peak RSS fell from 163 to
+ * 105 MB when the working model stopped keeping F32 copies (GPTQ 4-bit,
+ * 32,768 calibration tokens). For Mixtral-8x7B the W2 Hessians dominate:
+ * E·f² doubles, about 13 GB per layer.
  *
  * GPTQ: damping 1% of the mean Hessian diagonal (retried x10 on failure,
  * reported), blocks of 128, optional act-order, groups in column order.

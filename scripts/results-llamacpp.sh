@@ -103,7 +103,7 @@ done
 for name in "${moec_runs[@]}"; do
   "${nobench[@]}" "$BIN/moec-bench" "$WORK/$name.moec" --threads "$THREADS" --reps 5 --json >"$WORK/bench-$name.json"
 done
-for name in "${moec_runs[@]}"; do rm -f "$WORK/$name.moec"; done
+[ "${KEEP_WORK:-0}" = 1 ] || for name in "${moec_runs[@]}"; do rm -f "$WORK/$name.moec"; done
 
 log "writing $OUT"
 /usr/bin/python3 - "$WORK" "$OUT" "$(nproc)" "$(uptime)" <<'PY'

@@ -146,6 +146,11 @@ expect_clean 2 "quant mcmoe without text or stats" "$out" -- "${q[@]}" --bits 4 
   -o "$out/x.moec"
 expect_clean 2 "quant mcmoe (default) without text or stats" "$out" -- "${q[@]}" --bits 4 --avg-bits 2.5 \
   -o "$out/x.moec"
+expect_clean 2 "quant --mc-objective unknown" "$out" -- "${q[@]}" --bits 4 --avg-bits 2.5 --mc-objective best \
+  --text "$tmp/text.txt" -o "$out/x.moec"
+expect_clean 2 "quant --diversity without --avg-bits" "$out" -- "${q[@]}" --bits 4 --diversity -o "$out/x.moec"
+expect_clean 2 "quant --mc-objective with --alloc uniform" "$out" -- "${q[@]}" --bits 4 --avg-bits 2.5 \
+  --alloc uniform --mc-objective paper -o "$out/x.moec"
 expect_clean 2 "quant gptq without text" "$out" -- "${q[@]}" --bits 4 --method gptq -o "$out/x.moec"
 expect_clean 1 "quant missing model" "$out" -- "$bin/moec-quant" "$tmp/none" --bits 4 -o "$out/x.moec"
 expect_clean 1 "quant truncated model" "$out" -- "$bin/moec-quant" "$tmp/trunc" --bits 4 --verify-tokens 0 \

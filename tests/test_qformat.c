@@ -12,21 +12,6 @@
 #include "quant/qgemv.h"
 #include "quant/rtn.h"
 
-static uint64_t rng = 0x243f6a8885a308d3ull;
-
-static uint32_t urand(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (uint32_t)(rng >> 32);
-}
-
-/* Uniform in [-1, 1). */
-static float frand(void)
-{
-    return (float)((double)urand() / 2147483648.0 - 1.0);
-}
 
 static const int group_sizes[] = {16, 32, 64, 128, 256, 0 /* = cols */};
 
@@ -64,7 +49,7 @@ static void test_pack_roundtrip(void **state)
             uint8_t *codes = malloc((size_t)n), *back = malloc((size_t)n);
             uint8_t *packed = malloc(nb); /* exact size: ASan catches overruns */
             for (int64_t i = 0; i < n; i++)
-                codes[i] = (uint8_t)(urand() & ((1u << b) - 1));
+                codes[i] = (uint8_t)(tu_urand() & ((1u << b) - 1));
             memset(packed, 0xaa, nb);
             moec_qpack(packed, codes, n, b);
             int pad = (int)(nb * 8 - (size_t)(n * b));
@@ -74,8 +59,8 @@ static void test_pack_roundtrip(void **state)
             assert_memory_equal(back, codes, (size_t)n);
             /* Any sub-range, from any start. */
             for (int trial = 0; trial < 20; trial++) {
-                int64_t first = (int64_t)(urand() % (uint32_t)n);
-                int64_t cnt = 1 + (int64_t)(urand() % (uint32_t)(n - first));
+                int64_t first = (int64_t)(tu_urand() % (uint32_t)n);
+                int64_t cnt = 1 + (int64_t)(tu_urand() % (uint32_t)(n - first));
                 memset(back, 0xee, (size_t)n);
                 moec_qunpack(back, packed, first, cnt, b);
                 assert_memory_equal(back, codes + first, (size_t)cnt);
@@ -170,11 +155,11 @@ static void test_matrix_roundtrip(void **state)
                 float expect[3][300], got[3][300];
                 for (int64_t r = 0; r < rows; r++) {
                     for (int64_t g = 0; g < ng; g++) {
-                        scales[g] = moec_f32_to_f16(0.01f + (float)(urand() % 1000) / 1000.0f);
-                        zeros[g] = (uint8_t)(urand() & ((1u << b) - 1));
+                        scales[g] = moec_f32_to_f16(0.01f + (float)(tu_urand() % 1000) / 1000.0f);
+                        zeros[g] = (uint8_t)(tu_urand() & ((1u << b) - 1));
                     }
                     for (int64_t c = 0; c < cols; c++) {
-                        codes[c] = (uint8_t)(urand() & ((1u << b) - 1));
+                        codes[c] = (uint8_t)(tu_urand() & ((1u << b) - 1));
                         int64_t g = c / group;
                         int z = sym ? 1 << (b - 1) : zeros[g];
                         expect[r][c] = moec_f16_to_f32(scales[g]) * (float)((int)codes[c] - z);
@@ -205,7 +190,7 @@ static void test_rtn_bound(void **state)
     float *W = malloc(sizeof(float) * rows * cols), *D = malloc(sizeof(float) * rows * cols);
     for (int64_t r = 0; r < rows; r++)
         for (int64_t c = 0; c < cols; c++) /* per-row scales from 1e-3 to 10, some rows one-signed */
-            W[r * cols + c] = (r == 3 ? fabsf(frand()) : frand()) * powf(10.0f, (float)r - 3.0f);
+            W[r * cols + c] = (r == 3 ? fabsf(tu_frand()) : tu_frand()) * powf(10.0f, (float)r - 3.0f);
     for (int c = 10; c < 50; c++)
         W[2 * cols + c] = 0.0f; /* an all-zero group at G = 16 and G = 32 */
     moec_err err;
@@ -250,7 +235,7 @@ static void test_rtn_clip_search(void **state)
     const int64_t rows = 16, cols = 256;
     float *W = malloc(sizeof(float) * rows * cols), *D = malloc(sizeof(float) * rows * cols);
     for (int64_t i = 0; i < rows * cols; i++) {
-        float u = frand();
+        float u = tu_frand();
         W[i] = u * u * u * 4.0f; /* mass near 0, a few large values */
     }
     moec_err err;
@@ -296,27 +281,6 @@ static void test_rtn_errors(void **state)
     assert_int_equal(moec_rtn_quantize(W, 2, 8, &o, "w", &m, &err), MOEC_ERR_ARG);
 }
 
-/* A random quantized matrix with realistic scales. */
-static void random_qmatrix(moec_qmatrix *m, int64_t rows, int64_t cols, int b, int group, bool sym)
-{
-    moec_err err;
-    assert_int_equal(moec_qmatrix_alloc(m, rows, cols, b, group, sym, &err), MOEC_OK);
-    int64_t ng = moec_qformat_ngroups(&m->f);
-    uint8_t *codes = malloc((size_t)cols), *zeros = malloc((size_t)ng);
-    uint16_t *scales = malloc((size_t)ng * 2);
-    for (int64_t r = 0; r < rows; r++) {
-        for (int64_t g = 0; g < ng; g++) {
-            scales[g] = moec_f32_to_f16(0.001f + 0.05f * fabsf(frand()));
-            zeros[g] = (uint8_t)(urand() & ((1u << b) - 1));
-        }
-        for (int64_t c = 0; c < cols; c++)
-            codes[c] = (uint8_t)(urand() & ((1u << b) - 1));
-        moec_qmatrix_set_row(m, r, codes, scales, zeros);
-    }
-    free(codes);
-    free(zeros);
-    free(scales);
-}
 
 typedef moec_status (*qgemm_fn)(const moec_qformat *, const float *, int64_t, float *,
                                 int64_t, int64_t, int64_t, moec_err *);
@@ -330,7 +294,7 @@ static void check_qgemm(qgemm_fn fn, const moec_qformat *f, int64_t n, int64_t r
     float *y = malloc(sizeof(float) * (size_t)(n * rows));
     float *w = malloc(sizeof(float) * (size_t)(rows * cols));
     for (int64_t i = 0; i < n * cols; i++)
-        x[i] = frand();
+        x[i] = tu_frand();
     for (int64_t i = 0; i < n * rows; i++)
         y[i] = -12345.0f;
     moec_qformat_dequant_rows(f, 0, rows, w);
@@ -372,7 +336,7 @@ static void test_qgemm_matches_dequant(void **state)
             for (int sym = 0; sym <= 1; sym++) {
                 moec_qmatrix m;
                 int group = groups[gi] ? groups[gi] : (int)cols;
-                random_qmatrix(&m, rows, cols, b, group, sym);
+                tu_random_qmatrix(&m, rows, cols, b, group, sym);
                 for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
                     check_qgemm(moec_qgemm_portable, &m.f, ns[ni], 0, rows);
                     check_qgemm(moec_qgemm, &m.f, ns[ni], 0, rows);
@@ -386,7 +350,7 @@ static void test_qgemm_matches_dequant(void **state)
             }
     /* One group per row with cols not a multiple of 8 still takes the fast path. */
     moec_qmatrix m;
-    random_qmatrix(&m, 5, 77, 3, 77, false);
+    tu_random_qmatrix(&m, 5, 77, 3, 77, false);
     check_qgemm(moec_qgemm, &m.f, 5, 0, 5);
     if (avx)
         assert_string_equal(moec_qgemm_kernel(&m.f), "avx512");
@@ -397,7 +361,7 @@ static void test_qgemm_bad_args(void **state)
 {
     (void)state;
     moec_qmatrix m;
-    random_qmatrix(&m, 4, 64, 4, 32, false);
+    tu_random_qmatrix(&m, 4, 64, 4, 32, false);
     float x[64] = {0}, y[4];
     moec_err err;
     assert_int_equal(moec_qgemm(&m.f, x, 1, y, 4, 0, 5, &err), MOEC_ERR_ARG);
@@ -407,7 +371,7 @@ static void test_qgemm_bad_args(void **state)
     assert_int_equal(moec_qgemm(&m.f, x, -1, y, 4, 0, 4, &err), MOEC_ERR_ARG);
     assert_int_equal(moec_qgemm(&m.f, x, 0, y, 4, 0, 4, &err), MOEC_OK);
     moec_qmatrix_free(&m);
-    random_qmatrix(&m, 4, 60, 4, 20, false);
+    tu_random_qmatrix(&m, 4, 60, 4, 20, false);
     assert_int_equal(moec_qgemm_avx512(&m.f, x, 1, y, 4, 0, 4, &err), MOEC_ERR_UNSUPPORTED);
     moec_qmatrix_free(&m);
 }

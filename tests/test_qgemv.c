@@ -17,45 +17,7 @@
 #include "quant/qformat.h"
 #include "quant/qgemv.h"
 
-static uint64_t rng = 0x243f6a8885a308d3ull;
 
-static uint32_t urand(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (uint32_t)(rng >> 32);
-}
-
-static float frand(void)
-{
-    return (float)urand() / 2147483648.0f - 1.0f;
-}
-
-/* Uniformly random codes and zeros: the widest spread of q - z. */
-static void random_qmatrix(moec_qmatrix *m, int64_t rows, int64_t cols, int b, int group, bool sym)
-{
-    moec_err err;
-    assert_int_equal(moec_qmatrix_alloc(m, rows, cols, b, group, sym, &err), MOEC_OK);
-    const int64_t ng = moec_qformat_ngroups(&m->f);
-    uint8_t *codes = malloc((size_t)cols), *zeros = malloc((size_t)ng);
-    uint16_t *scales = malloc((size_t)ng * sizeof *scales);
-    assert_non_null(codes);
-    assert_non_null(zeros);
-    assert_non_null(scales);
-    for (int64_t r = 0; r < rows; r++) {
-        for (int64_t g = 0; g < ng; g++) {
-            scales[g] = moec_f32_to_f16(0.001f + 0.05f * fabsf(frand()));
-            zeros[g] = (uint8_t)(urand() & ((1u << b) - 1));
-        }
-        for (int64_t c = 0; c < cols; c++)
-            codes[c] = (uint8_t)(urand() & ((1u << b) - 1));
-        moec_qmatrix_set_row(m, r, codes, scales, zeros);
-    }
-    free(codes);
-    free(zeros);
-    free(scales);
-}
 
 #define SENTINEL -12345.0f
 
@@ -70,7 +32,7 @@ static void check_call(const moec_qformat *f, const float *w, int64_t n, int64_t
     assert_non_null(x);
     assert_non_null(y);
     for (int64_t i = 0; i < n * ldx; i++)
-        x[i] = frand();
+        x[i] = tu_frand();
     for (int64_t i = 0; i < n * ldy; i++)
         y[i] = acc && i % ldy >= r0 && i % ldy < r1 ? 0.25f : SENTINEL;
     moec_err err;
@@ -117,7 +79,7 @@ static void test_matches_reference(void **state)
                 const int64_t rows = shapes[si][0], cols = shapes[si][1];
                 const int group = shapes[si][2] ? (int)shapes[si][2] : (int)cols;
                 moec_qmatrix m;
-                random_qmatrix(&m, rows, cols, b, group, sym);
+                tu_random_qmatrix(&m, rows, cols, b, group, sym);
                 float *w = malloc((size_t)(rows * cols) * sizeof *w);
                 assert_non_null(w);
                 moec_qformat_dequant_rows(&m.f, 0, rows, w);
@@ -137,10 +99,10 @@ static void test_dispatch_and_args(void **state)
 {
     (void)state;
     moec_qmatrix m;
-    random_qmatrix(&m, 16, 128, 4, 64, false);
+    tu_random_qmatrix(&m, 16, 128, 4, 64, false);
     float x[2 * 128], y1[2 * 16], y2[2 * 16];
     for (int i = 0; i < 2 * 128; i++)
-        x[i] = frand();
+        x[i] = tu_frand();
     moec_err err;
     assert_int_equal(moec_qgemm(&m.f, x, 2, y1, 16, 0, 16, &err), MOEC_OK);
     assert_int_equal(moec_qgemm_ex(&m.f, x, 128, 2, y2, 16, 0, 16, false, &err), MOEC_OK);

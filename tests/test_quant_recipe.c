@@ -341,6 +341,14 @@ static void test_mcmoe_recipe(void **state)
                 assert_true(L->eps[e * 3 + 2] < L->eps[e * 3 + 0]);
         }
         assert_int_equal(sum, 20);
+        /* the default objective minimises Σ ε: no worse than the importance-blind split, which is
+         * feasible (the first four experts at 3 bits, the rest at 2) */
+        double chosen = 0.0, blind = 0.0;
+        for (int e = 0; e < L->n_experts; e++) {
+            chosen += L->eps[e * 3 + (L->bits[e] - 2)];
+            blind += L->eps[e * 3 + (e < 4 ? 1 : 0)];
+        }
+        assert_true(chosen <= blind * (1.0 + 1e-9));
     }
     assert_true(fabs(rep->avg_expert_bits - 2.5) < 1e-12);
     qrun_close(&t);

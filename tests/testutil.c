@@ -1,6 +1,9 @@
 #include "testutil.h"
 
+#include "core/dtype.h"
+
 #include <dirent.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,4 +68,43 @@ size_t tu_count_dir_entries(const char *dir)
             n++;
     closedir(d);
     return n;
+}
+
+static uint64_t tu_rng = 0x243f6a8885a308d3ull;
+
+uint32_t tu_urand(void)
+{
+    tu_rng ^= tu_rng << 13;
+    tu_rng ^= tu_rng >> 7;
+    tu_rng ^= tu_rng << 17;
+    return (uint32_t)(tu_rng >> 32);
+}
+
+float tu_frand(void)
+{
+    return (float)((double)tu_urand() / 2147483648.0 - 1.0);
+}
+
+void tu_random_qmatrix(moec_qmatrix *m, int64_t rows, int64_t cols, int b, int group, bool sym)
+{
+    moec_err err;
+    assert_int_equal(moec_qmatrix_alloc(m, rows, cols, b, group, sym, &err), MOEC_OK);
+    const int64_t ng = moec_qformat_ngroups(&m->f);
+    uint8_t *codes = malloc((size_t)cols), *zeros = malloc((size_t)ng);
+    uint16_t *scales = malloc((size_t)ng * sizeof *scales);
+    assert_non_null(codes);
+    assert_non_null(zeros);
+    assert_non_null(scales);
+    for (int64_t r = 0; r < rows; r++) {
+        for (int64_t g = 0; g < ng; g++) {
+            scales[g] = moec_f32_to_f16(0.001f + 0.05f * fabsf(tu_frand()));
+            zeros[g] = (uint8_t)(tu_urand() & ((1u << b) - 1));
+        }
+        for (int64_t c = 0; c < cols; c++)
+            codes[c] = (uint8_t)(tu_urand() & ((1u << b) - 1));
+        moec_qmatrix_set_row(m, r, codes, scales, zeros);
+    }
+    free(codes);
+    free(zeros);
+    free(scales);
 }

@@ -2,10 +2,14 @@
 #ifndef MOEC_TESTUTIL_H
 #define MOEC_TESTUTIL_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <cmocka.h>
+
+#include "quant/qformat.h"
 
 /* Absolute path of a file in the source tree: tu_src("tests/fixtures/x").
  * Returns a static buffer (one of a small ring, so a few can be live at once). */
@@ -21,5 +25,12 @@ const char *tu_tmpdir(void);
 #define TU_TEST_ON(name, fn, arg) {name, fn, NULL, NULL, (void *)(arg)}
 /* Entries of a directory other than "." and "..", asserting it opens. */
 size_t tu_count_dir_entries(const char *dir);
+/* A fixed-seed xorshift stream shared by a test binary: 32 random bits,
+ * and a float uniform in [-1, 1). */
+uint32_t tu_urand(void);
+float tu_frand(void);
+/* Allocates m (rows x cols, b bits, group, sym) with uniformly random codes,
+ * zeros and small positive scales: the widest spread of q - z. */
+void tu_random_qmatrix(moec_qmatrix *m, int64_t rows, int64_t cols, int b, int group, bool sym);
 
 #endif
