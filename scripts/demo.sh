@@ -33,16 +33,19 @@ $bin/moec-merge $model --method submoe --keep 6 --stats "$out/calib.stats" -o "$
 echo "== quantize: GPTQ, 4-bit experts, groups of 128"
 $bin/moec-quant $model --bits 4 --group 128 --method gptq "${train[@]/#/--text=}" --tokens 32768 \
   -o "$out/gptq-4.moec" --force --quiet
+echo "== quantize: mixed precision, 2.5 average expert bits from {1,2,3,4} chosen by MC-MoE's integer program (GLPK)"
+$bin/moec-quant $model --bits 4 --group 64 --method gptq --avg-bits 2.5 --alloc mcmoe "${train[@]/#/--text=}" \
+  --tokens 32768 -o "$out/mcmoe-2.5.moec" --force --quiet
 echo "== evaluate each against the original (ctx 256, val text, multiple choice)"
 $bin/moec-eval --model $model "${val[@]}" --json --quiet >"$out/original.json"
-for m in easyep-6 submoe-6 gptq-4.moec; do
+for m in easyep-6 submoe-6 gptq-4.moec mcmoe-2.5.moec; do
   $bin/moec-eval --model "$out/$m" --base $model "${val[@]}" --json --quiet >"$out/$m.json"
 done
 echo
 size() { du -sb "$1" | cut -f1; }
 {
   printf 'model\tMiB\tppl drama\tppl scripture\tppl python\tppl c\tKL\ttop-1\tmc acc\n'
-  for m in original easyep-6 submoe-6 gptq-4.moec; do
+  for m in original easyep-6 submoe-6 gptq-4.moec mcmoe-2.5.moec; do
     path=$out/$m; [ "$m" = original ] && path=$model
     jq -r --arg name "$m" --arg mib "$(awk -v b="$(size "$path")" 'BEGIN{printf "%.1f", b/1048576}')" '
       [$name, $mib,

@@ -179,6 +179,22 @@ static void assert_same_tensors(moec_model *a, moec_model *b)
     }
 }
 
+/* The fixture's tokenizer_config.json and generation_config.json travel
+ * with the weights (an absent side file stays absent). */
+static void assert_same_side_files(const moec_model *a, const moec_model *src)
+{
+    int present = 0;
+    for (int i = 0; i < MOEC_N_SIDE_FILES; i++) {
+        assert_int_equal(a->side[i].data != NULL, src->side[i].data != NULL);
+        if (!src->side[i].data)
+            continue;
+        present++;
+        assert_int_equal(a->side[i].len, src->side[i].len);
+        assert_memory_equal(a->side[i].data, src->side[i].data, src->side[i].len);
+    }
+    assert_int_equal(present, 2);
+}
+
 static void test_roundtrip(void **state)
 {
     (void)state;
@@ -193,6 +209,7 @@ static void test_roundtrip(void **state)
     assert_int_equal(r->tokenizer_json_len, base->tokenizer_json_len);
     assert_memory_equal(r->tokenizer_json, base->tokenizer_json, base->tokenizer_json_len);
     assert_memory_equal(r->cfg.layer_experts, qm->cfg.layer_experts, sizeof qm->cfg.layer_experts);
+    assert_same_side_files(r, base);
     const void *rep;
     size_t rep_len;
     assert_int_equal(moec_container_blob(r->ct, "report.json", &rep, &rep_len, &err), MOEC_OK);
@@ -293,6 +310,7 @@ static void test_export(void **state)
     assert_int_equal(h->layers[0].experts[0].w1.dtype, MOEC_DT_F32);
     assert_int_equal(h->layers[0].wk.dtype, MOEC_DT_BF16); /* not quantized: as stored */
     assert_non_null(h->tokenizer_json);
+    assert_same_side_files(h, base);
     assert_non_null(strstr(h->config_json, "\"float32\""));
     const size_t n = (size_t)N_TOK * r->cfg.vocab_size;
     float *a = logits(r, 1, 0), *b = logits(h, 1, 0);

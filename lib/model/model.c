@@ -8,6 +8,7 @@
 
 #include "formats/container.h"
 #include "formats/safetensors.h"
+#include "quant/qformat.h"
 
 void *moec_model_alloc(moec_model *m, size_t bytes)
 {
@@ -95,6 +96,9 @@ moec_status moec_model_new_empty(moec_model **out, const moec_config *cfg, moec_
     return MOEC_OK;
 }
 
+const char *const moec_side_file_names[MOEC_N_SIDE_FILES] = {"tokenizer_config.json", "generation_config.json",
+                                                              "special_tokens_map.json", "tokenizer.model"};
+
 static char *dup_or_null(const char *s, size_t len)
 {
     if (!s)
@@ -127,9 +131,15 @@ moec_status moec_model_derive(moec_model **out, const moec_model *src, moec_err 
     m->config_json = dup_or_null(src->config_json, src->config_json ? strlen(src->config_json) : 0);
     m->tokenizer_json = dup_or_null(src->tokenizer_json, src->tokenizer_json_len);
     m->tokenizer_json_len = src->tokenizer_json_len;
+    bool side_ok = true;
+    for (int i = 0; i < MOEC_N_SIDE_FILES; i++) {
+        m->side[i].data = dup_or_null(src->side[i].data, src->side[i].len);
+        m->side[i].len = src->side[i].len;
+        side_ok &= !src->side[i].data || m->side[i].data;
+    }
     m->parent = src;
     if ((src->source && !m->source) || (src->config_json && !m->config_json) ||
-        (src->tokenizer_json && !m->tokenizer_json)) {
+        (src->tokenizer_json && !m->tokenizer_json) || !side_ok) {
         moec_model_close(m);
         return moec_err_set(err, MOEC_ERR_NOMEM, "out of memory");
     }
@@ -151,6 +161,8 @@ void moec_model_close(moec_model *m)
     free(m->source);
     free(m->config_json);
     free(m->tokenizer_json);
+    for (int i = 0; i < MOEC_N_SIDE_FILES; i++)
+        free(m->side[i].data);
     if (m->st)
         moec_st_close(m->st);
     moec_container_close(m->ct);
@@ -270,7 +282,9 @@ static moec_status count_slot(void *ctx, const moec_slot *s, moec_err *err)
     int64_t *acc = ctx;
     if (moec_tensor_present(s->t)) {
         acc[0] += moec_tensor_numel(s->t);
-        acc[1] += (int64_t)s->t->nbytes;
+        /* a quantized tensor's view covers its codes; its scales and zeros are stored too */
+        acc[1] += (int64_t)(s->t->q ? s->t->q->codes_bytes + s->t->q->scales_bytes + s->t->q->zeros_bytes
+                                    : s->t->nbytes);
     }
     return MOEC_OK;
 }

@@ -48,6 +48,19 @@ typedef struct moec_layer {
 struct moec_safetensors;
 struct moec_container;
 
+/* Files of an HF checkpoint that travel with the weights unchanged, by
+ * their file names: what tokenizers and generation need besides
+ * tokenizer.json (tokenizer_config.json, generation_config.json,
+ * special_tokens_map.json, tokenizer.model). Read from an HF directory or a
+ * .moec container and written to both, so a compressed model keeps them. */
+#define MOEC_N_SIDE_FILES 4
+extern const char *const moec_side_file_names[MOEC_N_SIDE_FILES];
+
+typedef struct moec_side_file {
+    char *data;              /* the file's bytes (NUL-terminated copy), NULL when absent */
+    size_t len;
+} moec_side_file;
+
 typedef struct moec_model {
     moec_config cfg;
     moec_tensor embed;       /* [V][d] */
@@ -59,6 +72,7 @@ typedef struct moec_model {
     char *config_json;       /* original config.json text, kept to write HF configs back */
     char *tokenizer_json;    /* tokenizer.json text if found, else NULL */
     size_t tokenizer_json_len;
+    moec_side_file side[MOEC_N_SIDE_FILES]; /* by moec_side_file_names */
     uint64_t file_bytes;     /* bytes of the weight files it was read from */
 
     /* storage behind the views */
@@ -117,7 +131,7 @@ uint64_t moec_model_bytes(const moec_model *m);
 
 /* Writes an HF checkpoint directory: config.json (from the original, with
  * expert counts updated), safetensors (sharded above shard_bytes; 0 = one
- * file), and tokenizer/generation files copied from the source directory.
+ * file), tokenizer.json and the side files the model carries (moec_side_file_names).
  * Written into "<out_dir>.tmp-XXXXXX" and renamed when complete; an existing
  * out_dir is replaced only when overwrite is set.  */
 moec_status moec_model_save_hf(const moec_model *m, const char *out_dir, size_t shard_bytes, bool overwrite,

@@ -110,6 +110,9 @@ moec_status moec_model_open(moec_model **out, const char *path, moec_err *err)
     }
     if ((st = load_text_file(path, "tokenizer.json", &m->tokenizer_json, &m->tokenizer_json_len, false, err)))
         goto fail;
+    for (int i = 0; i < MOEC_N_SIDE_FILES; i++)
+        if ((st = load_text_file(path, moec_side_file_names[i], &m->side[i].data, &m->side[i].len, false, err)))
+            goto fail;
     if ((st = moec_st_open(&m->st, path, err)))
         goto fail;
     m->file_bytes = moec_st_file_bytes(m->st);
@@ -161,10 +164,6 @@ static moec_status add_slot(void *vctx, const moec_slot *s, moec_err *err)
     return moec_st_writer_add(ctx->w, s->name, s->t, err);
 }
 
-/* Files of an HF directory that travel with the weights unchanged. */
-static const char *const side_files[] = {"tokenizer.json", "tokenizer_config.json", "generation_config.json",
-                                         "special_tokens_map.json", "tokenizer.model"};
-
 moec_status moec_model_save_hf(const moec_model *m, const char *out_dir, size_t shard_bytes, bool overwrite,
                                moec_err *err)
 {
@@ -186,24 +185,19 @@ moec_status moec_model_save_hf(const moec_model *m, const char *out_dir, size_t 
     if ((st = moec_write_file(path, config, strlen(config), err)))
         goto fail;
 
-    /* side files: from the source directory, or the tokenizer text we carry */
-    struct stat sb;
-    bool src_is_dir = m->source && stat(m->source, &sb) == 0 && S_ISDIR(sb.st_mode);
-    for (size_t i = 0; i < sizeof side_files / sizeof *side_files; i++) {
-        char src[4200];
-        if (!src_is_dir)
-            break;
-        snprintf(src, sizeof src, "%s/%s", m->source, side_files[i]);
-        if (access(src, F_OK) != 0)
-            continue;
-        snprintf(path, sizeof path, "%s/%s", tmp, side_files[i]);
-        if ((st = moec_copy_file(src, path, err)))
+    /* the tokenizer and the side files the model carries */
+    if (m->tokenizer_json) {
+        snprintf(path, sizeof path, "%s/tokenizer.json", tmp);
+        if ((st = moec_write_file(path, m->tokenizer_json, m->tokenizer_json_len, err)))
             goto fail;
     }
-    snprintf(path, sizeof path, "%s/tokenizer.json", tmp);
-    if (m->tokenizer_json && access(path, F_OK) != 0 &&
-        (st = moec_write_file(path, m->tokenizer_json, m->tokenizer_json_len, err)))
-        goto fail;
+    for (int i = 0; i < MOEC_N_SIDE_FILES; i++) {
+        if (!m->side[i].data)
+            continue;
+        snprintf(path, sizeof path, "%s/%s", tmp, moec_side_file_names[i]);
+        if ((st = moec_write_file(path, m->side[i].data, m->side[i].len, err)))
+            goto fail;
+    }
 
     add_ctx ctx = {w};
     if ((st = moec_model_for_each_slot((moec_model *)m, add_slot, &ctx, err)))

@@ -176,6 +176,11 @@ moec_status moec_model_save_moec(const moec_model *m, const char *path, const mo
     if (m->tokenizer_json &&
         (st = moec_container_writer_add_blob(w, "tokenizer.json", m->tokenizer_json, m->tokenizer_json_len, err)))
         goto done;
+    for (int i = 0; i < MOEC_N_SIDE_FILES && !st; i++)
+        if (m->side[i].data)
+            st = moec_container_writer_add_blob(w, moec_side_file_names[i], m->side[i].data, m->side[i].len, err);
+    if (st)
+        goto done;
     if (o->report_json &&
         (st = moec_container_writer_add_blob(w, "report.json", o->report_json, strlen(o->report_json), err)))
         goto done;
@@ -304,8 +309,8 @@ static bool has_blob(const moec_container *ct, const char *name)
     return false;
 }
 
-/* A NUL-terminated copy of a blob. */
-static moec_status blob_text(const moec_container *ct, const char *name, char **out, size_t *len, moec_err *err)
+/* A NUL-terminated copy of a blob's bytes. */
+static moec_status blob_bytes(const moec_container *ct, const char *name, char **out, size_t *len, moec_err *err)
 {
     const void *data;
     size_t size;
@@ -317,11 +322,24 @@ static moec_status blob_text(const moec_container *ct, const char *name, char **
         return moec_err_set(err, MOEC_ERR_NOMEM, "out of memory for blob %s", name);
     memcpy(s, data, size);
     s[size] = '\0';
-    if (memchr(s, '\0', size)) {
-        free(s);
+    *out = s;
+    if (len)
+        *len = size;
+    return MOEC_OK;
+}
+
+/* A blob that must be text (JSON): no NUL byte inside. */
+static moec_status blob_text(const moec_container *ct, const char *name, char **out, size_t *len, moec_err *err)
+{
+    size_t size;
+    moec_status st = blob_bytes(ct, name, out, &size, err);
+    if (st)
+        return st;
+    if (memchr(*out, '\0', size)) {
+        free(*out);
+        *out = NULL;
         return moec_err_set(err, MOEC_ERR_FORMAT, "blob %s contains a NUL byte; expected JSON text", name);
     }
-    *out = s;
     if (len)
         *len = size;
     return MOEC_OK;
@@ -385,6 +403,12 @@ moec_status moec_model_open_moec(moec_model **out, const char *path, moec_err *e
         moec_err_prefix(err, "%s", path);
         goto fail;
     }
+    for (int i = 0; i < MOEC_N_SIDE_FILES; i++)
+        if (has_blob(ct, moec_side_file_names[i]) &&
+            (st = blob_bytes(ct, moec_side_file_names[i], &m->side[i].data, &m->side[i].len, err))) {
+            moec_err_prefix(err, "%s", path);
+            goto fail;
+        }
     size_t n = moec_container_tensor_count(ct);
     bind_ctx ctx = {m, ct, calloc(n ? n : 1, 1)};
     if (!ctx.used) {
