@@ -48,12 +48,13 @@ size() { du -sb "$1" | cut -f1; }
   for m in original easyep-6 submoe-6 gptq-4.moec mcmoe-2.5.moec; do
     path=$out/$m; [ "$m" = original ] && path=$model
     jq -r --arg name "$m" --arg mib "$(awk -v b="$(size "$path")" 'BEGIN{printf "%.1f", b/1048576}')" '
+      def pct: (. * 1000 | round) as $t | "\($t / 10 | floor).\($t % 10)%";
       [$name, $mib,
        (.files["drama.val.txt"].perplexity, .files["scripture.val.txt"].perplexity,
         .files["python.val.txt"].perplexity, .files["c.val.txt"].perplexity | . * 100 | round / 100),
        (if .kld_mean then (.kld_mean * 10000 | round / 10000) else "-" end),
-       (if .top1_agreement then ((.top1_agreement * 1000 | round) / 10 | tostring) + "%" else "-" end),
-       ((.mc_acc * 1000 | round) / 10 | tostring) + "%"] | @tsv' "$out/$m.json"
+       (if .top1_agreement then (.top1_agreement | pct) else "-" end),
+       (.mc_acc | pct)] | @tsv' "$out/$m.json"
   done
 } | column -t -s $'\t'
 echo
