@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs everything moec needs to build and test on Debian 12 (run as root or with sudo).
-# jq and column (bsdextrautils) only format the demo's comparison table.
+# jq and column (bsdextrautils) only format the demo's comparison table; python3 only writes
+# the pages of docs/results/ (scripts/results-*.sh).
 set -euo pipefail
 PKGS="build-essential cmake pkg-config libopenblas-dev liblapacke-dev libglpk-dev libzstd-dev
-      libcmocka-dev libcjson-dev libpcre2-dev libutf8proc-dev libxxhash-dev jq bsdextrautils"
+      libcmocka-dev libcjson-dev libpcre2-dev libutf8proc-dev libxxhash-dev jq bsdextrautils python3"
 missing=""
 for p in $PKGS; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
