@@ -31,9 +31,11 @@
  *    the narrower width instead of an arbitrary one;
  *  - ε is whatever the caller measured. The reference's ε: the L2 norm (not
  *    squared) of the MoE block output change over the calibration batches
- *    when that one expert is RTN-quantized (group 128) at b bits; moec's
- *    suggestion is the expert's output error ‖y_e(X) - ŷ_e(X)‖² on its routed
- *    tokens (gptq.h: moec_quant_output_error, per projection).
+ *    when that one expert is RTN-quantized (group 128) at b bits. moec's
+ *    recipe (quant_mcmoe.c) measures the same change squared, with the
+ *    recipe's method, and by default minimises its sum alone (φ, w = 1,
+ *    β = 0), since that change already weighs each expert by its routed
+ *    tokens and gates.
  */
 #ifndef MOEC_QUANT_BIT_ALLOC_H
 #define MOEC_QUANT_BIT_ALLOC_H

@@ -133,10 +133,67 @@ static void test_direct_max_n(void **state)
     moec_qmatrix_free(&qm);
 }
 
+/* The tile path multiplies dequantized weights; with one-hot x rows each
+ * product is a single weight times 1, so y must equal Ŵ (as
+ * moec_qformat_dequant_rows computes it) bit for bit: this pins the AVX-512
+ * dequantizers (table lookups for b <= 4, including b = 1 and 3 whose last
+ * rows load only their own bytes) to s·(q - z) exactly. */
+static void test_tiles_exact(void **state)
+{
+    (void)state;
+    static const fmt_case exact[] = {
+        {1, 16, false, 37, 64}, {2, 32, true, 20, 96}, {3, 16, false, 29, 48}, {3, 128, true, 9, 128},
+        {4, 128, false, 19, 256}, {4, 16, true, 8, 32}, {8, 64, false, 12, 128}, {2, 64, false, 7, 100},
+        /* a shorter last group in every row (columns still whole 16-column steps) */
+        {4, 64, false, 11, 80}, {3, 32, true, 5, 48}, {1, 128, false, 6, 144}, {2, 64, true, 9, 208},
+    };
+    moec_pool *pool = moec_pool_new(2);
+    assert_non_null(pool);
+    moec_err err = {0};
+    for (size_t ci = 0; ci < sizeof exact / sizeof *exact; ci++) {
+        const fmt_case *fc = &exact[ci];
+        const int64_t rows = fc->rows, K = fc->cols;
+        float *W = malloc((size_t)(rows * K) * sizeof *W);
+        float *x = calloc((size_t)(K * K), sizeof *x);
+        float *y = malloc((size_t)(K * rows) * sizeof *y);
+        assert_non_null(W);
+        assert_non_null(x);
+        assert_non_null(y);
+        for (int64_t i = 0; i < rows * K; i++)
+            W[i] = frand();
+        moec_quant_opts o = MOEC_QUANT_OPTS_DEFAULT;
+        o.bits = fc->bits;
+        o.group = fc->group;
+        o.symmetric = fc->symmetric;
+        moec_qmatrix qm;
+        assert_int_equal(moec_rtn_quantize(W, rows, K, &o, "w", &qm, &err), MOEC_OK);
+        moec_qformat_dequant_rows(&qm.f, 0, rows, W);
+        moec_tensor T = moec_qformat_tensor(&qm.f);
+        for (int64_t c = 0; c < K; c++)
+            x[c * K + c] = 1.0f;
+        for (int p = 0; p < 2; p++) {
+            moec_matmul_quant_force_path(p == 0 ? 2 : 0);
+            moec_matmul_quant(p == 0 ? pool : NULL, y, rows, x, K, K, &T, 0, rows, false);
+            for (int64_t c = 0; c < K; c++)
+                for (int64_t r = 0; r < rows; r++)
+                    if (memcmp(&y[c * rows + r], &W[r * K + c], sizeof(float)) != 0)
+                        fail_msg("bits %d group %d: y[%lld][%lld] = %.9g, Ŵ = %.9g", fc->bits, fc->group,
+                                 (long long)c, (long long)r, y[c * rows + r], W[r * K + c]);
+        }
+        moec_matmul_quant_force_path(0);
+        moec_qmatrix_free(&qm);
+        free(W);
+        free(x);
+        free(y);
+    }
+    moec_pool_free(pool);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_paths_match_reference),
+        cmocka_unit_test(test_tiles_exact),
         cmocka_unit_test(test_direct_max_n),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
