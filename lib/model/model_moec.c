@@ -331,7 +331,7 @@ static moec_status blob_bytes(const moec_container *ct, const char *name, char *
 /* A blob that must be text (JSON): no NUL byte inside. */
 static moec_status blob_text(const moec_container *ct, const char *name, char **out, size_t *len, moec_err *err)
 {
-    size_t size;
+    size_t size = 0;
     moec_status st = blob_bytes(ct, name, out, &size, err);
     if (st)
         return st;
