@@ -134,13 +134,20 @@ float moec_qformat_scale(const moec_qformat *f, int64_t r, int64_t g)
     return moec_f16_to_f32(f->scales[r * moec_qformat_ngroups(f) + g]);
 }
 
+void moec_qformat_zeros(const moec_qformat *f, int64_t r, int64_t g0, int64_t n, uint8_t *out)
+{
+    if (f->symmetric) {
+        memset(out, 1 << (f->bits - 1), (size_t)n);
+        return;
+    }
+    const size_t stride = moec_qformat_packed_bytes(moec_qformat_ngroups(f), f->bits);
+    moec_qunpack(out, f->zeros + (size_t)r * stride, g0, n, f->bits);
+}
+
 int moec_qformat_zero(const moec_qformat *f, int64_t r, int64_t g)
 {
-    if (f->symmetric)
-        return 1 << (f->bits - 1);
     uint8_t z;
-    size_t stride = moec_qformat_packed_bytes(moec_qformat_ngroups(f), f->bits);
-    moec_qunpack(&z, f->zeros + (size_t)r * stride, g, 1, f->bits);
+    moec_qformat_zeros(f, r, g, 1, &z);
     return z;
 }
 
@@ -153,12 +160,7 @@ void moec_qformat_dequant_row(const moec_qformat *f, int64_t r, float *out)
     uint8_t q[CHUNK];
     for (int64_t g0 = 0; g0 < ng; g0 += CHUNK) {
         int64_t gn = ng - g0 < CHUNK ? ng - g0 : CHUNK;
-        if (f->symmetric)
-            memset(zs, 1 << (f->bits - 1), (size_t)gn);
-        else
-            moec_qunpack(zs,
-                         f->zeros + (size_t)r * moec_qformat_packed_bytes(ng, f->bits),
-                         g0, gn, f->bits);
+        moec_qformat_zeros(f, r, g0, gn, zs);
         for (int64_t gi = 0; gi < gn; gi++) {
             int64_t g = g0 + gi;
             float s = moec_f16_to_f32(f->scales[r * ng + g]);

@@ -104,6 +104,9 @@ void moec_qunpack(uint8_t *codes, const uint8_t *src, int64_t first, int64_t n,
 /* Scale (as float) and zero point of group g of row r. */
 float moec_qformat_scale(const moec_qformat *f, int64_t r, int64_t g);
 int moec_qformat_zero(const moec_qformat *f, int64_t r, int64_t g);
+/* Zero points of groups g0..g0+n-1 of row r into out[n]: unpacked, or the
+ * implicit 2^(b-1) when symmetric. */
+void moec_qformat_zeros(const moec_qformat *f, int64_t r, int64_t g0, int64_t n, uint8_t *out);
 
 /* out[0..cols) = dequantized row r: out[c] = s * (float)(q - z). */
 void moec_qformat_dequant_row(const moec_qformat *f, int64_t r, float *out);

@@ -42,20 +42,30 @@ static const fmt_case cases[] = {
 
 #define SENTINEL 12345.0f
 
-static void check_case(const fmt_case *fc, moec_pool *pool)
+/* A random matrix of fc's shape quantized by RTN in fc's format into *qm;
+ * returns its exact dequantized values Ŵ [rows][cols] (malloc'd). */
+static float *quantized_case(const fmt_case *fc, moec_qmatrix *qm)
 {
     moec_err err = {0};
     const int64_t rows = fc->rows, K = fc->cols;
     float *W = malloc((size_t)(rows * K) * sizeof *W);
+    assert_non_null(W);
     for (int64_t i = 0; i < rows * K; i++)
         W[i] = frand();
     moec_quant_opts o = MOEC_QUANT_OPTS_DEFAULT;
     o.bits = fc->bits;
     o.group = fc->group;
     o.symmetric = fc->symmetric;
+    assert_int_equal(moec_rtn_quantize(W, rows, K, &o, "w", qm, &err), MOEC_OK);
+    moec_qformat_dequant_rows(&qm->f, 0, rows, W);
+    return W;
+}
+
+static void check_case(const fmt_case *fc, moec_pool *pool)
+{
+    const int64_t rows = fc->rows, K = fc->cols;
     moec_qmatrix qm;
-    assert_int_equal(moec_rtn_quantize(W, rows, K, &o, "w", &qm, &err), MOEC_OK);
-    moec_qformat_dequant_rows(&qm.f, 0, rows, W); /* W is now exactly Ŵ */
+    float *W = quantized_case(fc, &qm); /* exactly Ŵ */
     moec_tensor T = moec_qformat_tensor(&qm.f);
 
     const int64_t ns[] = {1, 3, 8, 17, 40};
@@ -149,25 +159,15 @@ static void test_tiles_exact(void **state)
     };
     moec_pool *pool = moec_pool_new(2);
     assert_non_null(pool);
-    moec_err err = {0};
     for (size_t ci = 0; ci < sizeof exact / sizeof *exact; ci++) {
         const fmt_case *fc = &exact[ci];
         const int64_t rows = fc->rows, K = fc->cols;
-        float *W = malloc((size_t)(rows * K) * sizeof *W);
+        moec_qmatrix qm;
+        float *W = quantized_case(fc, &qm);
         float *x = calloc((size_t)(K * K), sizeof *x);
         float *y = malloc((size_t)(K * rows) * sizeof *y);
-        assert_non_null(W);
         assert_non_null(x);
         assert_non_null(y);
-        for (int64_t i = 0; i < rows * K; i++)
-            W[i] = frand();
-        moec_quant_opts o = MOEC_QUANT_OPTS_DEFAULT;
-        o.bits = fc->bits;
-        o.group = fc->group;
-        o.symmetric = fc->symmetric;
-        moec_qmatrix qm;
-        assert_int_equal(moec_rtn_quantize(W, rows, K, &o, "w", &qm, &err), MOEC_OK);
-        moec_qformat_dequant_rows(&qm.f, 0, rows, W);
         moec_tensor T = moec_qformat_tensor(&qm.f);
         for (int64_t c = 0; c < K; c++)
             x[c * K + c] = 1.0f;

@@ -121,7 +121,7 @@ T512 static void dequant_avx512(const moec_qformat *f, int64_t r0, int64_t r1, f
 {
     const int B = f->bits;
     const int64_t cols = f->cols, ng = moec_qformat_ngroups(f), G = f->group < cols ? f->group : cols;
-    const size_t cb = moec_qformat_packed_bytes(cols, B), zb = moec_qformat_packed_bytes(ng, B);
+    const size_t cb = moec_qformat_packed_bytes(cols, B);
     uint8_t ctl[64];
     uint32_t sh[16];
     for (int i = 0; i < 16; i++) {
@@ -148,10 +148,7 @@ T512 static void dequant_avx512(const moec_qformat *f, int64_t r0, int64_t r1, f
             /* one pass: groups are whole 16-code steps */
             for (int64_t g0 = 0; g0 < ng; g0 += 256) {
                 const int64_t gn = ng - g0 < 256 ? ng - g0 : 256;
-                if (f->symmetric)
-                    memset(zs, 1 << (B - 1), (size_t)gn);
-                else
-                    moec_qunpack(zs, f->zeros + (size_t)r * zb, g0, gn, B);
+                moec_qformat_zeros(f, r, g0, gn, zs);
                 for (int64_t g = g0; g < g0 + gn; g++) {
                     const __m512 vs = _mm512_set1_ps(_cvtsh_ss(sc[g]));
                     const __m512i vz = _mm512_set1_epi32(zs[g - g0]);
@@ -190,10 +187,7 @@ T512 static void dequant_avx512(const moec_qformat *f, int64_t r0, int64_t r1, f
         }
         for (int64_t g0 = 0; g0 < ng; g0 += 256) {
             const int64_t gn = ng - g0 < 256 ? ng - g0 : 256;
-            if (f->symmetric)
-                memset(zs, 1 << (B - 1), (size_t)gn);
-            else
-                moec_qunpack(zs, f->zeros + (size_t)r * zb, g0, gn, B);
+            moec_qformat_zeros(f, r, g0, gn, zs);
             for (int64_t g = g0; g < g0 + gn; g++) {
                 const __m512 vs = _mm512_set1_ps(_cvtsh_ss(sc[g]));
                 const __m512 vz = _mm512_set1_ps((float)zs[g - g0]);
@@ -226,7 +220,7 @@ T512V static inline __attribute__((always_inline)) void lut_rows(const moec_qfor
                                                                  int64_t r1, float *out, const int B)
 {
     const int64_t cols = f->cols, ng = moec_qformat_ngroups(f), G = f->group < cols ? f->group : cols;
-    const size_t cb = moec_qformat_packed_bytes(cols, B), zb = moec_qformat_packed_bytes(ng, B);
+    const size_t cb = moec_qformat_packed_bytes(cols, B);
     const uint8_t *codes_end = f->codes + (size_t)f->rows * cb;
     uint8_t ctl[64] = {0};
     float iv[16];
@@ -251,10 +245,7 @@ T512V static inline __attribute__((always_inline)) void lut_rows(const moec_qfor
         const bool safe = B == 2 || B == 4 || pk + cb + 8 <= codes_end;
         for (int64_t g0 = 0; g0 < ng; g0 += 256) {
             const int64_t gn = ng - g0 < 256 ? ng - g0 : 256;
-            if (f->symmetric)
-                memset(zs, 1 << (B - 1), (size_t)gn);
-            else
-                moec_qunpack(zs, f->zeros + (size_t)r * zb, g0, gn, B);
+            moec_qformat_zeros(f, r, g0, gn, zs);
             for (int64_t g = g0; g < g0 + gn; g++) {
                 const __m512 tab = _mm512_mul_ps(_mm512_sub_ps(iota, _mm512_set1_ps((float)zs[g - g0])),
                                                  _mm512_set1_ps(_cvtsh_ss(sc[g])));
