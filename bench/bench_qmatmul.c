@@ -26,7 +26,7 @@
 #include "core/threadpool.h"
 #include "exec/matmul.h"
 #include "exec/matmul_quant.h"
-#include "quant/qformat.h"
+#include "core/qformat.h"
 #include "quant/rtn.h"
 
 static double now_s(void)

@@ -10,7 +10,7 @@
  * single flipped byte anywhere in the file is detected at open.
  *
  * The container knows only bytes and their sizes: how codes, scales and zeros
- * are packed inside their sections is defined by quant/qformat.h. The byte
+ * are packed inside their sections is defined by core/qformat.h. The byte
  * layout of the file is specified in docs/format.md.
  *
  * Reader: moec_container_open() maps and validates a file; tensors' sections
@@ -190,7 +190,7 @@ moec_status moec_container_section_get(const moec_container *c, size_t tensor,
 /* A zero-copy moec_tensor view of an F32/F16/BF16 tensor whose DATA section
  * is RAW (dtype, shape, data into the mapping, nbytes; q = NULL). Fails with
  * MOEC_ERR_UNSUPPORTED for GROUPWISE storage (its sections are read
- * individually, see quant/qformat.h) and MOEC_ERR_ARG when DATA is
+ * individually, see core/qformat.h) and MOEC_ERR_ARG when DATA is
  * ZSTD-encoded (use moec_container_section_get). */
 moec_status moec_container_tensor_view(const moec_container *c, size_t tensor, moec_tensor *out,
                                        moec_err *err);

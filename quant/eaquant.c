@@ -10,7 +10,7 @@
 
 #include "core/dtype.h"
 #include "exec/ops.h"
-#include "quant/qformat.h"
+#include "core/qformat.h"
 #include "quant/rtn.h"
 
 #define S_MIN 1e-4f

@@ -51,7 +51,7 @@
 #include <stdint.h>
 
 #include "core/error.h"
-#include "quant/qformat.h"
+#include "core/qformat.h"
 #include "quant/rtn.h"
 
 typedef struct moec_gptq_opts {

@@ -12,7 +12,7 @@
 #include "exec/exec.h"
 #include "model/model.h"
 #include "quant/eaquant.h"
-#include "quant/qformat.h"
+#include "core/qformat.h"
 #include "quant/recipe.h"
 
 /* The calibration windows and how every pass runs them. */

@@ -34,7 +34,7 @@
 
 #include "exec/ops.h"
 #include "quant/bit_alloc.h"
-#include "quant/qgemv.h"
+#include "exec/qgemv.h"
 
 typedef struct eps_ctx {
     int layer, E, n_b;

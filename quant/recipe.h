@@ -1,7 +1,7 @@
 /* recipe.h - quantizing a whole MoE model: the library entry point behind
  * moec-quant.
  *
- * What is quantized (group-wise, quant/qformat.h):
+ * What is quantized (group-wise, core/qformat.h):
  *  - every routed expert's w1/w3/w2, at `bits`, or at a per-expert width
  *    chosen under an average-bit budget (MC-MoE, or an importance-blind
  *    "uniform" split for comparison);

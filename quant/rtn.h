@@ -30,7 +30,7 @@
 #include <stdint.h>
 
 #include "core/error.h"
-#include "quant/qformat.h"
+#include "core/qformat.h"
 
 typedef struct moec_quant_opts {
     int bits;             /* 1..8 */

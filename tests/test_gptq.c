@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "quant/gptq.h"
-#include "quant/qformat.h"
+#include "core/qformat.h"
 #include "quant/rtn.h"
 
 static uint64_t rng = 0x13198a2e03707344ull;

@@ -116,10 +116,8 @@ static void check_ref(const float *y, int64_t ldy, const float *y0, const struct
             double got = y[i * ldy + c];
             double tol = 1e-5 * R->mag[i * R->cols + c] + 1e-6 * fabs(base) + 1e-30;
             if (!(fabs(got - want) <= tol)) {
-                char msg[256];
-                snprintf(msg, sizeof msg, "%s: y[%lld][%lld] = %.9g, want %.9g (tol %.3g)", what,
-                         (long long)i, (long long)c, got, want, tol);
-                fail_msg("%s", msg);
+                fail_msg("%s: y[%lld][%lld] = %.9g, want %.9g (tol %.3g)", what, (long long)i, (long long)c,
+                         got, want, tol);
             }
         }
 }

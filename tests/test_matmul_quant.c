@@ -11,7 +11,7 @@
 
 #include "core/threadpool.h"
 #include "exec/matmul_quant.h"
-#include "quant/qformat.h"
+#include "core/qformat.h"
 #include "quant/rtn.h"
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;

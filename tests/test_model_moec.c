@@ -23,7 +23,7 @@
 #include "model/model.h"
 #include "model/model_moec.h"
 #include "model/summary.h"
-#include "quant/qformat.h"
+#include "core/qformat.h"
 #include "quant/rtn.h"
 
 #define FIXTURE "tests/fixtures/qwen3moe-random"
@@ -392,7 +392,7 @@ static void test_corrupt(void **state)
                              "model.embed_tokens.weight"};
     const moec_section_kind kinds[] = {MOEC_SECTION_CODES, MOEC_SECTION_SCALES, MOEC_SECTION_ZEROS};
     for (int v = 0; v < 3; v++) {
-        uint64_t off, len;
+        uint64_t off = 0, len = 0;
         section_range(good, victims[v], kinds[v], &off, &len);
         bytes[off + len / 2] ^= 0x10;
         tu_write_file(bad, bytes, size);

@@ -1,5 +1,5 @@
-/* Tests for quant/qformat.c (layout, packing, dequantization), quant/rtn.c
- * and quant/qgemv*.c (products straight from the packed codes). */
+/* Tests for lib/core/qformat.c (layout, packing, dequantization), quant/rtn.c
+ * and lib/exec/qgemv*.c (products straight from the packed codes). */
 #include "testutil.h"
 
 #include <math.h>
@@ -8,8 +8,8 @@
 #include <string.h>
 
 #include "core/dtype.h"
-#include "quant/qformat.h"
-#include "quant/qgemv.h"
+#include "core/qformat.h"
+#include "exec/qgemv.h"
 #include "quant/rtn.h"
 
 

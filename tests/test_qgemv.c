@@ -1,4 +1,4 @@
-/* moec_qgemm_ex (quant/qgemv.h) against a dequantize-then-multiply reference
+/* moec_qgemm_ex (exec/qgemv.h) against a dequantize-then-multiply reference
  * in double, for every code width, symmetric and asymmetric, on shapes that
  * reach each part of the AVX-512 kernel: 8-, 4- and 1-row blocks, 1 to 4
  * tokens per pass and more, groups shorter than a 16-column step, ragged
@@ -14,8 +14,8 @@
 #include <string.h>
 
 #include "core/dtype.h"
-#include "quant/qformat.h"
-#include "quant/qgemv.h"
+#include "core/qformat.h"
+#include "exec/qgemv.h"
 
 
 

@@ -9,7 +9,7 @@
 #include <stdarg.h>
 #include <cmocka.h>
 
-#include "quant/qformat.h"
+#include "core/qformat.h"
 
 /* Absolute path of a file in the source tree: tu_src("tests/fixtures/x").
  * Returns a static buffer (one of a small ring, so a few can be live at once). */

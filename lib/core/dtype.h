@@ -28,7 +28,7 @@ typedef enum moec_dtype {
     MOEC_DT_BOOL,
     MOEC_DT_F8_E4M3,
     MOEC_DT_F8_E5M2,
-    /* group-wise packed integers; see quant/qformat.h */
+    /* group-wise packed integers; see core/qformat.h */
     MOEC_DT_QUANT,
     MOEC_DT_COUNT
 } moec_dtype;

@@ -15,7 +15,7 @@
 
 #define MOEC_MAX_DIMS 4
 
-struct moec_qformat; /* group-wise quantization layout, quant/qformat.h */
+struct moec_qformat; /* group-wise quantization layout, core/qformat.h */
 
 typedef struct moec_tensor {
     moec_dtype dtype;

@@ -10,7 +10,7 @@
 #include "core/threadpool.h"
 #include "exec/matmul.h"
 #include "exec/ops.h"
-#include "quant/qformat.h"
+#include "core/qformat.h"
 
 #include <cblas.h>
 

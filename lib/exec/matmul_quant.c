@@ -6,8 +6,8 @@
 
 #include "core/dtype.h"
 #include "exec/matmul.h"
-#include "quant/qformat.h"
-#include "quant/qgemv.h"
+#include "core/qformat.h"
+#include "exec/qgemv.h"
 
 /* Below this many flops (2·n·rows·K) a product runs on the caller alone:
  * waking the workers (~1 µs) would cost more than it saves. */

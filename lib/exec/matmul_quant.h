@@ -1,11 +1,11 @@
 /* matmul_quant.h - y = x · Ŵᵀ for a group-wise quantized linear layer
- * (moec_tensor of dtype MOEC_DT_QUANT, layout in quant/qformat.h), straight
+ * (moec_tensor of dtype MOEC_DT_QUANT, layout in core/qformat.h), straight
  * from the packed groups: the model is never dequantized as a whole.
  *
  * Output rows are split over the pool's workers (multiples of 16 rows, so no
  * two workers write one cache line of y). Per worker:
  *  - direct, for n <= moec_matmul_quant_direct_max_n(W) (decode and short
- *    runs of tokens): moec_qgemm_ex (quant/qgemv.h) on the worker's rows,
+ *    runs of tokens): moec_qgemm_ex (exec/qgemv.h) on the worker's rows,
  *    converting the packed codes in registers (a table lookup per 16 codes
  *    for b <= 4), x read in place, y written or accumulated in place;
  *  - tiles, for larger n: the worker dequantizes a tile of its W rows
@@ -19,7 +19,7 @@
  * All compute with Ŵ[r][c] = s·(q - z) as moec_qformat_dequant_row does, in
  * float32; results differ from a float dequantize-then-multiply only in
  * rounding (order of the additions; for b > 4 direct, s·(Σ q·x - z·Σ x)
- * per group, see quant/qgemv.h).
+ * per group, see exec/qgemv.h).
  */
 #ifndef MOEC_EXEC_MATMUL_QUANT_H
 #define MOEC_EXEC_MATMUL_QUANT_H

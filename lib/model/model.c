@@ -8,7 +8,7 @@
 
 #include "formats/container.h"
 #include "formats/safetensors.h"
-#include "quant/qformat.h"
+#include "core/qformat.h"
 
 void *moec_model_alloc(moec_model *m, size_t bytes)
 {

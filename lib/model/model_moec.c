@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "formats/container.h"
-#include "quant/qformat.h"
+#include "core/qformat.h"
 
 /* ---- quantized tensors owned by a model ---- */
 

@@ -3,7 +3,7 @@
  *
  * Tensors keep their HF names (the slot table of model.c). F32/F16/BF16
  * tensors are stored raw and mmap'd back as views; group-wise quantized
- * tensors (dtype MOEC_DT_QUANT, moec_tensor.q -> quant/qformat.h) are stored
+ * tensors (dtype MOEC_DT_QUANT, moec_tensor.q -> core/qformat.h) are stored
  * as codes/scales/zeros sections and come back as MOEC_DT_QUANT views (raw
  * sections point into the mapping; zstd-compressed ones are decoded once at
  * open into buffers the model owns). The container embeds blobs

@@ -4,7 +4,7 @@
 #include <string.h>
 
 #include "formats/container.h"
-#include "quant/qformat.h"
+#include "core/qformat.h"
 
 typedef struct {
     int64_t params[MOEC_DT_COUNT];

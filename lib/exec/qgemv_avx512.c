@@ -28,7 +28,7 @@
  * code once, from L3 or memory, so blocks prefetch the codes (and scales and
  * zeros) they will read next, as matmul_avx512.c does for BF16.
  */
-#include "quant/qgemv.h"
+#include "exec/qgemv.h"
 
 #include <string.h>
 

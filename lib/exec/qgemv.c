@@ -1,4 +1,4 @@
-#include "quant/qgemv.h"
+#include "exec/qgemv.h"
 
 #include <stdlib.h>
 

@@ -34,14 +34,14 @@
  * byte boundary) or one group per row; a group's last <16 columns go
  * through masked loads.
  */
-#ifndef MOEC_QUANT_QGEMV_H
-#define MOEC_QUANT_QGEMV_H
+#ifndef MOEC_EXEC_QGEMV_H
+#define MOEC_EXEC_QGEMV_H
 
 #include <stdbool.h>
 #include <stdint.h>
 
 #include "core/error.h"
-#include "quant/qformat.h"
+#include "core/qformat.h"
 
 /* Dispatching entry point: the fastest kernel that supports f on this CPU.
  * Fails with MOEC_ERR_ARG on null pointers, n < 0 or a bad row range / ldy;

@@ -1,4 +1,4 @@
-#include "quant/qformat.h"
+#include "core/qformat.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -31,8 +31,8 @@
  * Bits per weight (moec_qformat_bpw) count all three buffers, row padding
  * included: 8 * (codes_bytes + scales_bytes + zeros_bytes) / (rows * cols).
  */
-#ifndef MOEC_QUANT_QFORMAT_H
-#define MOEC_QUANT_QFORMAT_H
+#ifndef MOEC_CORE_QFORMAT_H
+#define MOEC_CORE_QFORMAT_H
 
 #include <stdbool.h>
 #include <stddef.h>
