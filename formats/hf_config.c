@@ -383,7 +383,6 @@ moec_status moec_config_to_hf_json(const moec_config *cfg, const char *original,
         cJSON_AddStringToObject(root, "model_type", moec_arch_model_type(cfg->arch));
         set_number(root, "vocab_size", cfg->vocab_size);
         set_number(root, "hidden_size", cfg->hidden_size);
-        set_number(root, "num_hidden_layers", cfg->n_layers);
         set_number(root, "num_attention_heads", cfg->n_heads);
         set_number(root, "num_key_value_heads", cfg->n_kv_heads);
         set_number(root, "head_dim", cfg->head_dim);
@@ -393,6 +392,7 @@ moec_status moec_config_to_hf_json(const moec_config *cfg, const char *original,
         cJSON_AddBoolToObject(root, "tie_word_embeddings", cfg->tie_embeddings);
         cJSON_AddStringToObject(root, "hidden_act", "silu");
     }
+    set_number(root, "num_hidden_layers", cfg->n_layers); /* a slice of a model has fewer */
     int max_e = 0;
     for (int l = 0; l < cfg->n_layers; l++)
         if (cfg->layer_experts[l] > max_e)
