@@ -25,7 +25,7 @@ echo "== a sample (greedy)"
 $bin/moec-run $model -p "def main(" -n 40 --temp 0
 echo
 echo "== calibrate: 32768 tokens of the four training texts"
-$bin/moec-calib $model --text "${train[@]}" --tokens 32768 -o "$out/calib.stats" --quiet
+$bin/moec-calib $model --text "${train[@]}" --tokens 32768 -o "$out/calib.stats" --force --quiet
 echo "== prune: EASY-EP, 6 of 8 experts per layer"
 $bin/moec-prune $model --method easyep --keep 6 --stats "$out/calib.stats" -o "$out/easyep-6" --force --quiet
 echo "== merge: Sub-MoE, 6 of 8 experts per layer"

@@ -95,12 +95,12 @@ expect 2 "model swallowed by a list" -- "$p" --stats "$tmp/q3.stats" "$q3" --met
 # STUN with Wanda and the global allocation: per-layer counts only moec reads
 expect 0 "stun global + wanda" -- "$p" "$q3" --method stun --keep 3 --global --unstructured wanda --sparsity 0.5 "${S[@]}" \
   --text "$text" --tokens 256 --ctx 64 -o "$tmp/sg"
-grep -q "will not load" "$tmp/err" 2>/dev/null || grep -q "Wanda zeroed" "$tmp/err" ||
+grep -q "will not load" "$tmp/out" || grep -q "Wanda zeroed" "$tmp/out" ||
   { echo "FAIL: stun report notes"; fails=$((fails + 1)); }
 expect 0 "stun global output loads" -- "$bin/moec-inspect" "$tmp/sg"
-# qwen2 (shared expert, top-4): keeping 3 lowers top_k, said on stderr
+# qwen2 (shared expert, top-4): keeping 3 lowers top_k, said in the summary (stdout)
 expect 0 "top_k lowered" -- "$p" "$q2" --method freq --keep 3 --stats "$tmp/q2.stats" -o "$tmp/q2o"
-grep -q "lowered from 4 to 3" "$tmp/err" || { echo "FAIL: top_k note"; fails=$((fails + 1)); }
+grep -q "lowered from 4 to 3" "$tmp/out" || { echo "FAIL: top_k note"; fails=$((fails + 1)); }
 expect 0 "lowered top_k loads" -- "$bin/moec-inspect" "$tmp/q2o"
 
 echo "cli_prune: $pass passed, $fails failed"

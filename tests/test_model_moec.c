@@ -528,7 +528,7 @@ static void test_bad_calls(void **state)
     assert_non_null(strstr(err.msg, "bad"));
     moec_model *r;
     assert_int_equal(moec_model_derive(&r, qm, &err), MOEC_OK);
-    assert_int_equal(moec_model_dequantize(r, MOEC_DT_QUANT, &err), MOEC_ERR_ARG);
+    assert_int_equal(moec_model_dequantize(r, MOEC_DT_QUANT, NULL, NULL, &err), MOEC_ERR_ARG);
     moec_model_close(r);
     /* save refuses a tensor that does not match its slot */
     assert_int_equal(moec_model_derive(&r, qm, &err), MOEC_OK);

@@ -2,6 +2,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "core/fsutil.h"
 #include "model/model.h"
 #include "tokenizer/tokenizer.h"
 
@@ -11,12 +12,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
-#include <unistd.h>
 
 const char *cli_prog = "moec";
 bool cli_quiet = false;
-static bool progress_open;
 
 void cli_init(int argc, char **argv)
 {
@@ -83,26 +83,6 @@ double cli_parse_double(const char *opt, const char *s, double lo, double hi)
     return v;
 }
 
-void cli_progress(const char *fmt, ...)
-{
-    if (cli_quiet || !isatty(STDERR_FILENO))
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "\r\033[K");
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    progress_open = true;
-}
-
-void cli_progress_done(void)
-{
-    if (progress_open) {
-        fprintf(stderr, "\r\033[K");
-        progress_open = false;
-    }
-}
-
 double cli_seconds(void)
 {
     struct timespec ts;
@@ -110,15 +90,16 @@ double cli_seconds(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-void cli_calib_progress(void *ctx, int64_t done, int64_t total)
+void cli_check_output(const char *path, bool force)
 {
-    if (!ctx) {
-        cli_progress("calibrating: %lld/%lld tokens", (long long)done, (long long)total);
-        return;
-    }
-    double dt = cli_seconds() - *(const double *)ctx;
-    cli_progress("calibrating: %lld/%lld tokens (%.0f tokens/s)", (long long)done, (long long)total,
-                 dt > 0 ? (double)done / dt : 0.0);
+    struct stat sb;
+    if (!*path)
+        cli_usage_error("-o: empty path");
+    if (!force && stat(path, &sb) == 0)
+        cli_die("%s: exists (use --force to replace it)", path);
+    moec_err err = {0};
+    if (moec_check_parent_writable(path, &err))
+        cli_die_err(&err);
 }
 
 struct moec_model *cli_open_model(const char *path)
@@ -148,4 +129,11 @@ void cli_print_json(const struct cJSON *o)
         cli_die("out of memory");
     puts(txt);
     free(txt);
+}
+
+void cli_json_add_version(struct cJSON *o)
+{
+    char v[128];
+    snprintf(v, sizeof v, "%s, git %s", cli_version(), cli_commit());
+    cJSON_AddStringToObject(o, "moec_version", v);
 }

@@ -1,5 +1,4 @@
 /* moec-bench: prompt and decode speed, peak memory (llama-bench's tests). */
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/resource.h>
@@ -11,59 +10,55 @@
 #include "exec/matmul.h"
 #include "model/model.h"
 
-static const char usage[] =
-    "usage: moec-bench MODEL [options]\n"
-    "  --threads N   worker threads (default 2)\n"
-    "  --reps N      repetitions of each test, the median is reported (default 5)\n"
-    "  --prompt A,B  prompt lengths (default 128,512)\n"
-    "  --gen N       generated tokens (default 128)\n"
-    "  --profile     per-operation time shares for the long prompt and for decoding\n"
-    "  --act-bits A  quantize linear-layer inputs per token to A bits (simulated)\n"
-    "  --json        print one JSON object\n"
-    "  --help        show this help\n"
-    "Prompt tests process the prompt from an empty cache and compute the last token's\n"
-    "logits; the decode test generates N tokens one at a time from an empty cache.\n";
+/* "128,512": two positive prompt lengths */
+static bool parse_lengths(const char *v, void *dest, char *why, size_t why_len)
+{
+    int a, b;
+    char tail;
+    if (sscanf(v, "%d,%d%c", &a, &b, &tail) != 2 || a < 1 || b < 1) {
+        snprintf(why, why_len, "expected two positive lengths like 128,512, got '%s'", v);
+        return false;
+    }
+    ((int *)dest)[0] = a;
+    ((int *)dest)[1] = b;
+    return true;
+}
 
 int main(int argc, char **argv)
 {
-    cli_init(argc, argv);
-    enum { OPT_THREADS = 256, OPT_REPS, OPT_PROMPT, OPT_GEN, OPT_PROFILE, OPT_JSON, OPT_ACT };
-    static const struct option opts[] = {{"threads", required_argument, 0, OPT_THREADS},
-                                         {"reps", required_argument, 0, OPT_REPS},
-                                         {"prompt", required_argument, 0, OPT_PROMPT},
-                                         {"gen", required_argument, 0, OPT_GEN},
-                                         {"profile", no_argument, 0, OPT_PROFILE},
-                                         {"json", no_argument, 0, OPT_JSON},
-                                         {"act-bits", required_argument, 0, OPT_ACT},
-                                         {"help", no_argument, 0, 'h'},
-                                         {0, 0, 0, 0}};
     moec_bench_opts bo = MOEC_BENCH_OPTS_DEFAULT;
+    const char *model_path = NULL;
+    int lengths[2] = {bo.prompt_a, bo.prompt_b};
     bool json = false;
-    int c;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (c) {
-        case OPT_THREADS: bo.threads = (int)cli_parse_long("--threads", optarg, 1, 256); break;
-        case OPT_REPS: bo.reps = (int)cli_parse_long("--reps", optarg, 1, 1000); break;
-        case OPT_PROMPT: {
-            int a, b;
-            char tail;
-            if (sscanf(optarg, "%d,%d%c", &a, &b, &tail) != 2 || a < 1 || b < 1)
-                cli_usage_error("--prompt: expected two positive lengths like 128,512");
-            bo.prompt_a = a;
-            bo.prompt_b = b;
-            break;
-        }
-        case OPT_GEN: bo.gen = (int)cli_parse_long("--gen", optarg, 1, 1 << 20); break;
-        case OPT_PROFILE: bo.profile = true; break;
-        case OPT_JSON: json = true; break;
-        case OPT_ACT: bo.act_bits = (int)cli_parse_long("--act-bits", optarg, 2, 16); break;
-        case 'h': fputs(usage, stdout); return 0;
-        default: cli_usage_error("unknown option");
-        }
-    }
-    if (optind + 1 != argc)
-        cli_usage_error(optind == argc ? "missing MODEL" : "expected one MODEL");
-    moec_model *m = cli_open_model(argv[optind]);
+    cli_opt opts[] = {
+        {"reps", 0, CLI_INT, "N", &bo.reps, 1, 1000,
+         .help = "repetitions of each test, the median is reported (default 5)"},
+        {"prompt-lengths", 0, CLI_CUSTOM, "A,B", lengths, .parse = parse_lengths,
+         .help = "the two prompt lengths tested (default 128,512)"},
+        {"gen", 'n', CLI_INT, "N", &bo.gen, 1, 1 << 20, .help = "generated tokens (default 128)"},
+        {"profile", 0, CLI_FLAG, NULL, &bo.profile,
+         .help = "per-operation time shares for the long prompt and for decoding"},
+        {"act-bits", 0, CLI_INT, "A", &bo.act_bits, 2, 16,
+         .help = "quantize linear-layer inputs per token to A bits (simulated)"},
+        CLI_OPT_THREADS(&bo.threads),
+        CLI_OPT_JSON(&json),
+        CLI_OPT_QUIET,
+        CLI_OPT_END,
+    };
+    cli_tool tool = {
+        .usage = "MODEL [options]",
+        .summary = "Prompt and decode speed and peak memory, as llama-bench measures them. Prompt tests process "
+                   "the prompt from an empty cache and compute the last token's logits; the decode test "
+                   "generates N tokens one at a time from an empty cache.",
+        .operand = "MODEL",
+        .operand_help = "Hugging Face checkpoint directory or .moec file",
+        .operand_dest = &model_path,
+        .opts = opts,
+    };
+    cli_parse(&tool, argc, argv);
+    bo.prompt_a = lengths[0];
+    bo.prompt_b = lengths[1];
+    moec_model *m = cli_open_model(model_path);
     int longest = bo.prompt_a > bo.prompt_b ? bo.prompt_a : bo.prompt_b;
     if ((bo.gen > longest ? bo.gen : longest) > m->cfg.max_positions)
         cli_die("test lengths exceed the model's %d positions", m->cfg.max_positions);
@@ -76,7 +71,7 @@ int main(int argc, char **argv)
     double rss = (double)ru.ru_maxrss * 1024.0;
 
     cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "model", argv[optind]);
+    cJSON_AddStringToObject(o, "model", model_path);
     cJSON_AddNumberToObject(o, "threads", bo.threads);
     cJSON_AddStringToObject(o, "kernels", moec_matmul_kernel_name());
     char key[64];
@@ -102,7 +97,7 @@ int main(int argc, char **argv)
     if (json) {
         cli_print_json(o);
     } else {
-        printf("model %s, %d threads, %s kernels, median of %d runs\n", argv[optind], bo.threads,
+        printf("model %s, %d threads, %s kernels, median of %d runs\n", model_path, bo.threads,
                moec_matmul_kernel_name(), bo.reps);
         printf("  pp%-5d %10.1f tokens/s (best %.1f)\n", bo.prompt_a, r.pp_a_tps, r.pp_a_best);
         printf("  pp%-5d %10.1f tokens/s (best %.1f)\n", bo.prompt_b, r.pp_b_tps, r.pp_b_best);

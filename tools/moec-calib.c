@@ -1,57 +1,16 @@
 /* moec-calib: run calibration text through a model and save the per-layer,
  * per-expert statistics that pruning, merging and quantization reuse. */
 #include <cjson/cJSON.h>
-#include <errno.h>
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include "calib/calib.h"
 #include "calib/stats.h"
 #include "cli.h"
 #include "model/model.h"
 #include "tokenizer/tokenizer.h"
-
-static const char usage[] =
-    "usage: moec-calib MODEL --text FILE [FILE...] -o STATS [options]\n"
-    "  MODEL            Hugging Face checkpoint directory or .moec file\n"
-    "  --text FILE      calibration text, UTF-8 (repeatable; further FILE arguments count as\n"
-    "                   --text too). Each file is one domain, tokenized whole without special\n"
-    "                   tokens and cut into windows of --ctx tokens (a shorter tail is used),\n"
-    "                   each run from an empty cache\n"
-    "  -o STATS         statistics file to write (replaced atomically; format: docs/stats.md)\n"
-    "  --tokens N       calibration tokens in all, 0 = every token of every file (default 0).\n"
-    "                   Each file gets an equal share (a shorter file gives the rest to the\n"
-    "                   others), taken as windows spread evenly through the file; windows run\n"
-    "                   round-robin across files\n"
-    "  --ctx N          window length (default 256)\n"
-    "  --sim-tokens N   per layer, the first N tokens are run through every expert, selected or\n"
-    "                   not, for the expert-output cosine similarities merging uses; 0 skips\n"
-    "                   them (default 4096)\n"
-    "  --threads N      worker threads (default 2)\n"
-    "  --json           print a JSON summary (tokens, per-layer count and gate shares)\n"
-    "  --quiet          no progress on stderr\n"
-    "  --help           show this help\n"
-    "exit status: 0 ok, 1 failure, 2 usage error\n";
-
-/* Fails now rather than after the whole pass when -o cannot be written. */
-static void check_output(const char *path)
-{
-    struct stat sb;
-    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
-        cli_die("%s: is a directory", path);
-    char *dir = strdup(path);
-    if (!dir)
-        cli_die("out of memory");
-    char *slash = strrchr(dir, '/');
-    const char *d = slash ? (slash == dir ? "/" : (*slash = '\0', dir)) : ".";
-    if (access(d, W_OK) != 0)
-        cli_die("%s: cannot write in %s: %s", path, d, strerror(errno));
-    free(dir);
-}
 
 static double share(const double *v, int i, int n)
 {
@@ -128,47 +87,52 @@ static void summary_text(const moec_stats *s, const char *out, double secs)
 
 int main(int argc, char **argv)
 {
-    cli_init(argc, argv);
-    enum { OPT_TEXT = 256, OPT_TOKENS, OPT_CTX, OPT_SIM, OPT_THREADS, OPT_JSON, OPT_QUIET };
-    static const struct option opts[] = {
-        {"text", required_argument, 0, OPT_TEXT},       {"tokens", required_argument, 0, OPT_TOKENS},
-        {"ctx", required_argument, 0, OPT_CTX},         {"sim-tokens", required_argument, 0, OPT_SIM},
-        {"threads", required_argument, 0, OPT_THREADS}, {"json", no_argument, 0, OPT_JSON},
-        {"quiet", no_argument, 0, OPT_QUIET},           {"output", required_argument, 0, 'o'},
-        {"help", no_argument, 0, 'h'},                  {0, 0, 0, 0}};
-    const char **texts = calloc((size_t)argc, sizeof *texts);
-    if (!texts)
-        cli_die("out of memory");
-    int n_texts = 0;
-    const char *out = NULL;
+    const char *model_path = NULL, *out = NULL;
+    cli_list texts = {0};
     moec_calib_opts o = MOEC_CALIB_OPTS_DEFAULT;
     o.threads = 2;
-    bool json = false;
-    int c;
-    while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
-        switch (c) {
-        case OPT_TEXT: texts[n_texts++] = optarg; break;
-        case OPT_TOKENS: o.max_tokens = cli_parse_long("--tokens", optarg, 0, 1L << 40); break;
-        case OPT_CTX: o.ctx = (int)cli_parse_long("--ctx", optarg, 1, 1 << 20); break;
-        case OPT_SIM: o.sim_tokens = (int)cli_parse_long("--sim-tokens", optarg, 0, 1 << 30); break;
-        case OPT_THREADS: o.threads = (int)cli_parse_long("--threads", optarg, 1, 256); break;
-        case OPT_JSON: json = true; break;
-        case OPT_QUIET: cli_quiet = true; break;
-        case 'o': out = optarg; break;
-        case 'h': fputs(usage, stdout); return 0;
-        default: cli_usage_error("unknown option");
-        }
-    }
-    if (optind == argc)
-        cli_usage_error("missing MODEL");
-    const char *model_path = argv[optind];
-    for (int i = optind + 1; i < argc; i++)
-        texts[n_texts++] = argv[i];
+    bool json = false, force = false;
+    cli_opt opts[] = {
+        CLI_OPT_TEXT(&texts, "calibration text, UTF-8. Each file is one domain, tokenized whole without special "
+                             "tokens and cut into windows of --ctx tokens (a shorter tail is used), each run "
+                             "from an empty cache"),
+        {"tokens", 0, CLI_INT64, "N", &o.max_tokens, 0, (double)(1LL << 40),
+         .help = "calibration tokens in all, 0 = every token of every file (default 0). Each file gets an "
+                 "equal share (a shorter file gives the rest to the others), taken as windows spread evenly "
+                 "through the file; windows run round-robin across files"},
+        {"ctx", 0, CLI_INT, "N", &o.ctx, 1, 1 << 20, .help = "window length (default 256)"},
+        {"sim-tokens", 0, CLI_INT, "N", &o.sim_tokens, 0, 1 << 30,
+         .help = "per layer, the first N tokens are run through every expert, selected or not, for the "
+                 "expert-output cosine similarities merging uses; 0 skips them (default 4096)"},
+        CLI_OPT_OUTPUT(&out, "STATS", "statistics file to write (format: docs/stats.md; written aside and "
+                                      "renamed when complete)"),
+        CLI_OPT_FORCE(&force),
+        CLI_OPT_THREADS(&o.threads),
+        CLI_OPT_JSON(&json),
+        CLI_OPT_QUIET,
+        CLI_OPT_END,
+    };
+    cli_tool tool = {
+        .usage = "MODEL --text FILE... -o STATS [options]",
+        .summary = "Runs calibration text through a model and saves the per-layer, per-expert statistics that "
+                   "pruning, merging and quantization reuse: routing counts and weights, co-selection, output "
+                   "norms, EASY-EP scores, per-channel input moments, expert-output similarities.",
+        .operand = "MODEL",
+        .operand_help = "Hugging Face checkpoint directory or .moec file",
+        .operand_dest = &model_path,
+        .opts = opts,
+    };
+    cli_parse(&tool, argc, argv);
+    const char **text_files = texts.v;
+    const int n_texts = texts.n;
     if (n_texts == 0)
-        cli_usage_error("missing --text FILE");
+        cli_usage_error("missing --text FILE...");
     if (!out)
         cli_usage_error("missing -o STATS");
-    check_output(out);
+    struct stat sb;
+    if (stat(out, &sb) == 0 && S_ISDIR(sb.st_mode))
+        cli_die("%s: is a directory", out);
+    cli_check_output(out, force);
 
     moec_err err = {0};
     moec_model *m = cli_open_model(model_path);
@@ -177,7 +141,7 @@ int main(int argc, char **argv)
     moec_tokenizer *tok = cli_model_tokenizer(m);
     moec_stats *s;
     double t0 = cli_seconds();
-    if (moec_calib_run(m, tok, texts, n_texts, &o, &s, cli_calib_progress, &t0, &err))
+    if (moec_calib_run(m, tok, text_files, n_texts, &o, &s, cli_calib_progress, NULL, &err))
         cli_die_err(&err);
     double secs = cli_seconds() - t0;
     cli_progress_done();
@@ -188,14 +152,15 @@ int main(int argc, char **argv)
         cJSON *j = summary_json(s, model_path, out, o.ctx, secs);
         if (!j)
             cli_die("out of memory");
+        cli_json_add_version(j);
         cli_print_json(j);
         cJSON_Delete(j);
-    } else {
+    } else if (!cli_quiet) {
         summary_text(s, out, secs);
     }
     moec_stats_free(s);
     moec_tokenizer_free(tok);
     moec_model_close(m);
-    free(texts);
+    cli_tool_free(&tool);
     return 0;
 }

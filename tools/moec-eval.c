@@ -1,6 +1,5 @@
 /* moec-eval: perplexity, distance from a base model, multiple-choice
  * accuracy; quality gates for CI pipelines (exit 3 when tripped). */
-#include <getopt.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,34 +11,21 @@
 #include "model/model.h"
 #include "tokenizer/tokenizer.h"
 
-static const char usage[] =
-    "usage: moec-eval --model MODEL [--base MODEL] [--text FILE]... [--mc FILE.jsonl] [options]\n"
-    "  --model MODEL       model to evaluate (HF checkpoint directory or .moec file)\n"
-    "  --base MODEL        reference model: adds mean KL(base || model) in nats, top-1\n"
-    "                      agreement and the perplexity ratio model/base\n"
-    "  --text FILE         text scored for perplexity (repeatable): tokenized whole, no special\n"
-    "                      tokens, cut into complete windows of --ctx tokens (a shorter tail is\n"
-    "                      dropped), each from an empty cache; positions --score-from..ctx-2\n"
-    "                      predict the next token\n"
-    "  --mc FILE.jsonl     multiple choice (lm-eval style: context, choices, label): acc by summed\n"
-    "                      log-likelihood of the choice tokens, acc_norm by that sum / choice bytes\n"
-    "  --ctx N             window length (default 256)\n"
-    "  --score-from N      first scored position of each window, 0..ctx-2 (default 0: every\n"
-    "                      position but the last); 'half' = ctx/2, llama-perplexity's convention\n"
-    "  --threads N         worker threads (default 2)\n"
-    "  --json              print one JSON object\n"
-    "  --max-ppl-ratio X   exit 3 if perplexity ratio model/base exceeds X (needs --base, --text)\n"
-    "  --max-kld X         exit 3 if mean KL divergence exceeds X nats (needs --base, --text)\n"
-    "  --act-bits A        quantize each linear layer's input per token to A bits (symmetric,\n"
-    "                      dynamic, simulated in float) when evaluating --model: W·A· settings\n"
-    "  --quiet             no progress on stderr\n"
-    "  --help              show this help\n"
-    "exit status: 0 ok, 1 failure, 2 usage error, 3 a quality gate tripped\n";
-
-static void progress(void *ctx, const char *what, int64_t done, int64_t total)
+/* --score-from: a position or "half" (ctx/2, resolved once --ctx is known: -1 here) */
+static bool parse_score_from(const char *v, void *dest, char *why, size_t why_len)
 {
-    (void)ctx;
-    cli_progress("%s: %lld/%lld", what, (long long)done, (long long)total);
+    if (!strcmp(v, "half")) {
+        *(long *)dest = -1;
+        return true;
+    }
+    char *end;
+    long n = strtol(v, &end, 10);
+    if (end == v || *end || n < 0 || n > (1 << 20)) {
+        snprintf(why, why_len, "'%s' is not a position (0..ctx-2) or 'half'", v);
+        return false;
+    }
+    *(long *)dest = n;
+    return true;
 }
 
 static double num(const cJSON *o, const char *k)
@@ -64,60 +50,68 @@ static void print_row(const char *name, const cJSON *o, bool base)
 
 int main(int argc, char **argv)
 {
-    cli_init(argc, argv);
-    enum {
-        OPT_MODEL = 256, OPT_BASE, OPT_TEXT, OPT_MC, OPT_CTX, OPT_THREADS, OPT_JSON, OPT_PPLR, OPT_KLD, OPT_QUIET,
-        OPT_ACT, OPT_FROM
-    };
-    static const struct option opts[] = {
-        {"model", required_argument, 0, OPT_MODEL},   {"base", required_argument, 0, OPT_BASE},
-        {"text", required_argument, 0, OPT_TEXT},     {"mc", required_argument, 0, OPT_MC},
-        {"ctx", required_argument, 0, OPT_CTX},       {"threads", required_argument, 0, OPT_THREADS},
-        {"json", no_argument, 0, OPT_JSON},           {"max-ppl-ratio", required_argument, 0, OPT_PPLR},
-        {"max-kld", required_argument, 0, OPT_KLD},   {"quiet", no_argument, 0, OPT_QUIET},
-        {"act-bits", required_argument, 0, OPT_ACT},  {"score-from", required_argument, 0, OPT_FROM},
-        {"help", no_argument, 0, 'h'},                {0, 0, 0, 0}};
-    const char *model_path = NULL, *base_path = NULL, *mc = NULL;
-    const char **texts = calloc((size_t)argc, sizeof *texts);
-    int n_texts = 0;
-    long ctx = 256, threads = 2, act_bits = 0, score_from = 0;
-    bool score_half = false; /* resolved once --ctx is known */
+    const char *model_path = NULL, *model_opt = NULL, *base_path = NULL, *mc = NULL;
+    cli_list texts = {0};
+    int ctx = 256, threads = 2, act_bits = 0;
+    long score_from = 0;
     bool json = false;
     double max_pplr = NAN, max_kld = NAN;
-    int c;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (c) {
-        case OPT_MODEL: model_path = optarg; break;
-        case OPT_BASE: base_path = optarg; break;
-        case OPT_TEXT: texts[n_texts++] = optarg; break;
-        case OPT_MC: mc = optarg; break;
-        case OPT_CTX: ctx = cli_parse_long("--ctx", optarg, 2, 1 << 20); break;
-        case OPT_THREADS: threads = cli_parse_long("--threads", optarg, 1, 256); break;
-        case OPT_JSON: json = true; break;
-        case OPT_PPLR: max_pplr = cli_parse_double("--max-ppl-ratio", optarg, 0.0, 1e9); break;
-        case OPT_KLD: max_kld = cli_parse_double("--max-kld", optarg, 0.0, 1e9); break;
-        case OPT_QUIET: cli_quiet = true; break;
-        case OPT_ACT: act_bits = cli_parse_long("--act-bits", optarg, 2, 16); break;
-        case OPT_FROM:
-            score_half = !strcmp(optarg, "half");
-            score_from = score_half ? 0 : cli_parse_long("--score-from", optarg, 0, 1 << 20);
-            break;
-        case 'h': fputs(usage, stdout); free(texts); return 0;
-        default: cli_usage_error("unknown option");
-        }
-    }
-    if (optind != argc)
-        cli_usage_error("unexpected argument '%s'", argv[optind]);
+    cli_opt opts[] = {
+        {"model", 0, CLI_STRING, "MODEL", &model_opt, .help = "the model to evaluate, as the MODEL operand"},
+        {"base", 0, CLI_STRING, "MODEL", &base_path,
+         .help = "reference model: adds mean KL(base || model) in nats, top-1 agreement and the perplexity "
+                 "ratio model/base"},
+        CLI_OPT_TEXT(&texts, "text files scored for perplexity: each tokenized whole, no special tokens, cut "
+                             "into complete windows of --ctx tokens (a shorter tail is dropped), each from an "
+                             "empty cache; positions --score-from..ctx-2 predict the next token"),
+        {"mc", 0, CLI_STRING, "FILE.jsonl", &mc,
+         .help = "multiple choice (lm-eval style: context, choices, label): acc by summed log-likelihood of "
+                 "the choice tokens, acc_norm by that sum / choice bytes"},
+        {"ctx", 0, CLI_INT, "N", &ctx, 2, 1 << 20, .help = "window length (default 256)"},
+        {"score-from", 0, CLI_CUSTOM, "N|half", &score_from, .parse = parse_score_from,
+         .help = "first scored position of each window, 0..ctx-2 (default 0: every position but the last); "
+                 "half = ctx/2, llama-perplexity's convention"},
+        {"act-bits", 0, CLI_INT, "A", &act_bits, 2, 16,
+         .help = "quantize each linear layer's input per token to A bits (symmetric, dynamic, simulated in "
+                 "float) when evaluating the model (not the base): W·A· settings"},
+        CLI_SECTION("Quality gates (exit 3 when one trips; need --base and --text)"),
+        {"max-ppl-ratio", 0, CLI_DOUBLE, "X", &max_pplr, 0.0, 1e9,
+         .help = "the perplexity ratio model/base must not exceed X"},
+        {"max-kld", 0, CLI_DOUBLE, "X", &max_kld, 0.0, 1e9, .help = "the mean KL divergence must not exceed X nats"},
+        CLI_OPT_THREADS(&threads),
+        CLI_OPT_JSON(&json),
+        CLI_OPT_QUIET,
+        CLI_OPT_END,
+    };
+    cli_tool tool = {
+        .usage = "MODEL [--base MODEL] [--text FILE...] [--mc FILE.jsonl] [options]",
+        .summary = "Perplexity on text, distance from a base model (mean KL, top-1 agreement, perplexity "
+                   "ratio) and multiple-choice accuracy; quality gates for CI pipelines.",
+        .operand = "MODEL",
+        .operand_help = "model to evaluate (HF checkpoint directory or .moec file); --model MODEL says the same",
+        .operand_optional = true,
+        .operand_dest = &model_path,
+        .opts = opts,
+        .gate_exit = true,
+    };
+    cli_parse(&tool, argc, argv);
+    if (model_path && model_opt)
+        cli_usage_error("give the model once: MODEL or --model MODEL");
     if (!model_path)
-        cli_usage_error("missing --model");
+        model_path = model_opt;
+    if (!model_path)
+        cli_usage_error(texts.n ? "missing MODEL (a list such as --text FILE... takes every argument up to the "
+                                  "next option: give MODEL before it)"
+                                : "missing MODEL");
+    const int n_texts = texts.n;
     if (n_texts == 0 && !mc)
-        cli_usage_error("nothing to evaluate: give --text and/or --mc");
+        cli_usage_error("nothing to evaluate: give --text FILE... and/or --mc FILE.jsonl");
     if ((!isnan(max_pplr) || !isnan(max_kld)) && (!base_path || n_texts == 0))
         cli_usage_error("--max-ppl-ratio and --max-kld need --base and --text");
-    if (score_half)
+    if (score_from < 0)
         score_from = ctx / 2;
     if (score_from > ctx - 2)
-        cli_usage_error("--score-from: %ld is out of range [0, %ld] for --ctx %ld", score_from, ctx - 2, ctx);
+        cli_usage_error("--score-from: %ld is out of range [0, %d] for --ctx %d", score_from, ctx - 2, ctx);
 
     moec_err err = {0};
     moec_model *m = cli_open_model(model_path);
@@ -125,23 +119,23 @@ int main(int argc, char **argv)
     if (b && b->cfg.vocab_size != m->cfg.vocab_size)
         cli_die("--base has a vocabulary of %d, --model of %d", b->cfg.vocab_size, m->cfg.vocab_size);
     if (ctx > m->cfg.max_positions || (b && ctx > b->cfg.max_positions))
-        cli_die("--ctx %ld exceeds the model's %d positions", ctx, m->cfg.max_positions);
+        cli_die("--ctx %d exceeds the model's %d positions", ctx, m->cfg.max_positions);
     moec_tokenizer *tok = cli_model_tokenizer(m);
     /* multiple-choice items may be longer than a perplexity window: give the
      * cache the model's positions (capped), cutting contexts only beyond that */
     int positions = m->cfg.max_positions < 4096 ? m->cfg.max_positions : 4096;
     if (b && b->cfg.max_positions < positions)
         positions = b->cfg.max_positions;
-    moec_exec_opts eo = {.threads = (int)threads, .max_ctx = mc && positions > ctx ? positions : (int)ctx,
-                         .act_bits = (int)act_bits};
+    moec_exec_opts eo = {.threads = threads, .max_ctx = mc && positions > ctx ? positions : ctx,
+                         .act_bits = act_bits};
     moec_exec *mx, *bx = NULL;
     moec_exec_opts base_eo = eo;
     base_eo.act_bits = 0; /* the reference stays in full precision */
     if (moec_exec_new(&mx, m, &eo, &err) || (b && moec_exec_new(&bx, b, &base_eo, &err)))
         cli_die_err(&err);
-    moec_eval_spec spec = {texts, n_texts, mc, (int)ctx, (int)score_from};
+    moec_eval_spec spec = {texts.v, n_texts, mc, ctx, (int)score_from};
     cJSON *rep;
-    if (moec_eval_report(mx, bx, tok, &spec, &rep, progress, NULL, &err))
+    if (moec_eval_report(mx, bx, tok, &spec, &rep, cli_eval_progress, NULL, &err))
         cli_die_err(&err);
     cli_progress_done();
     cJSON_AddStringToObject(rep, "model", model_path);
@@ -158,6 +152,7 @@ int main(int argc, char **argv)
         status = CLI_EXIT_GATE;
     }
     cJSON_AddBoolToObject(rep, "gates_passed", status == 0);
+    cli_json_add_version(rep);
 
     if (json) {
         cli_print_json(rep);
@@ -181,6 +176,6 @@ int main(int argc, char **argv)
     moec_tokenizer_free(tok);
     moec_model_close(m);
     moec_model_close(b);
-    free(texts);
+    cli_tool_free(&tool);
     return status;
 }

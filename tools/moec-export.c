@@ -1,7 +1,6 @@
 /* moec-export: a .moec model (quantized tensors included) as a Hugging Face
  * checkpoint directory, so that any HF tool can check what it computes. */
 #include <cjson/cJSON.h>
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,22 +8,6 @@
 #include "cli.h"
 #include "model/model.h"
 #include "model/model_moec.h"
-
-static const char usage[] =
-    "usage: moec-export FILE.moec --hf OUT_DIR [--dtype bf16|f32|f16] [--force] [--json] [--quiet]\n"
-    "  FILE.moec     model container written by moec (an HF checkpoint directory works too)\n"
-    "  --hf OUT_DIR  write an HF checkpoint directory: config.json, model*.safetensors,\n"
-    "                tokenizer.json (written to a temporary name, renamed when complete)\n"
-    "  --dtype T     dtype of the dequantized tensors (default bf16). bf16 and f16 round the\n"
-    "                dequantized values s*(q - z) to 16 bits; f32 stores them exactly, so the\n"
-    "                export computes what the quantized model computes. Tensors that were not\n"
-    "                quantized keep their stored dtype; config.json's torch_dtype becomes T\n"
-    "  --force       replace OUT_DIR if it exists (only an empty or model directory)\n"
-    "  --json        print a JSON summary on stdout\n"
-    "  --quiet       no progress or summary on stderr\n"
-    "  --help        show this help\n"
-    "Memory: the dequantized tensors are held in memory until written (the size of the export).\n"
-    "exit status: 0 ok, 1 failure, 2 usage error\n";
 
 /* HF shards above this size, as transformers' save_pretrained does (5 GB). */
 #define SHARD_BYTES ((size_t)5000000000u)
@@ -57,78 +40,79 @@ static char *with_torch_dtype(const moec_model *m, const char *torch_dtype)
 
 int main(int argc, char **argv)
 {
-    cli_init(argc, argv);
-    enum { OPT_HF = 256, OPT_DTYPE, OPT_FORCE, OPT_JSON, OPT_QUIET };
-    static const struct option opts[] = {{"hf", required_argument, 0, OPT_HF},
-                                         {"dtype", required_argument, 0, OPT_DTYPE},
-                                         {"force", no_argument, 0, OPT_FORCE},
-                                         {"json", no_argument, 0, OPT_JSON},
-                                         {"quiet", no_argument, 0, OPT_QUIET},
-                                         {"help", no_argument, 0, 'h'},
-                                         {0, 0, 0, 0}};
-    const char *out_dir = NULL, *dtype_name = "bf16";
+    static const char *const dtypes[] = {"bf16", "f32", "f16", NULL};
+    static const moec_dtype dtype_of[] = {MOEC_DT_BF16, MOEC_DT_F32, MOEC_DT_F16};
+    static const char *const torch_dtype_of[] = {"bfloat16", "float32", "float16"};
+    const char *src_path = NULL, *hf_dir = NULL, *out = NULL;
+    int dtype_i = 0;
     bool force = false, json = false;
-    int c;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (c) {
-        case OPT_HF: out_dir = optarg; break;
-        case OPT_DTYPE: dtype_name = optarg; break;
-        case OPT_FORCE: force = true; break;
-        case OPT_JSON: json = true; break;
-        case OPT_QUIET: cli_quiet = true; break;
-        case 'h': fputs(usage, stdout); return CLI_EXIT_OK;
-        default: cli_usage_error("unknown option");
-        }
-    }
-    if (optind == argc)
-        cli_usage_error("missing FILE.moec");
-    if (optind + 1 != argc)
-        cli_usage_error("expected one FILE.moec, got %d arguments", argc - optind);
-    if (!out_dir || !*out_dir)
+    cli_opt opts[] = {
+        {"hf", 0, CLI_STRING, "OUT_DIR", &hf_dir,
+         .help = "write an HF checkpoint directory: config.json, model*.safetensors, tokenizer.json and the "
+                 "tokenizer's side files (written aside and renamed when complete)"},
+        {"dtype", 0, CLI_CHOICE, "T", &dtype_i, .choices = dtypes,
+         .help = "dtype of the dequantized tensors: bf16 (default), f32 or f16. bf16 and f16 round the "
+                 "dequantized values s*(q - z) to 16 bits; f32 stores them exactly, so the export computes "
+                 "what the quantized model computes. Tensors that were not quantized keep their stored dtype; "
+                 "config.json's torch_dtype becomes T"},
+        CLI_OPT_OUTPUT(&out, "OUT_DIR", "the same as --hf OUT_DIR"),
+        CLI_OPT_FORCE(&force),
+        CLI_OPT_JSON(&json),
+        CLI_OPT_QUIET,
+        CLI_OPT_END,
+    };
+    cli_tool tool = {
+        .usage = "FILE.moec --hf OUT_DIR [--dtype bf16|f32|f16] [options]",
+        .summary = "Writes a .moec model (quantized tensors included, dequantized) as a Hugging Face checkpoint "
+                   "directory, so that any HF tool can check what it computes.",
+        .operand = "FILE.moec",
+        .operand_help = "model container written by moec (an HF checkpoint directory works too)",
+        .operand_dest = &src_path,
+        .opts = opts,
+        .epilog = "--force replaces only an empty directory or one holding a model. Memory: the dequantized "
+                  "tensors are held in memory until written (the size of the export).",
+    };
+    cli_parse(&tool, argc, argv);
+    if (hf_dir && out)
+        cli_usage_error("give the output once: --hf OUT_DIR or -o OUT_DIR");
+    if (!out)
+        out = hf_dir;
+    if (!out || !*out)
         cli_usage_error("missing --hf OUT_DIR");
-    moec_dtype dtype;
-    const char *torch_dtype;
-    if (strcmp(dtype_name, "bf16") == 0)
-        dtype = MOEC_DT_BF16, torch_dtype = "bfloat16";
-    else if (strcmp(dtype_name, "f32") == 0)
-        dtype = MOEC_DT_F32, torch_dtype = "float32";
-    else if (strcmp(dtype_name, "f16") == 0)
-        dtype = MOEC_DT_F16, torch_dtype = "float16";
-    else
-        cli_usage_error("--dtype: '%s' is not one of bf16, f32, f16", dtype_name);
+    const char *dtype_name = dtypes[dtype_i], *torch_dtype = torch_dtype_of[dtype_i];
+    const moec_dtype dtype = dtype_of[dtype_i];
 
     moec_err err = {0};
-    moec_model *src = cli_open_model(argv[optind]);
+    moec_model *src = cli_open_model(src_path);
     moec_model *m;
     if (moec_model_derive(&m, src, &err))
         cli_die_err(&err);
     int64_t n_quant = 0;
     moec_model_for_each_slot(m, count_quant, &n_quant, NULL);
-    cli_progress("dequantizing %lld tensors", (long long)n_quant);
-    if (moec_model_dequantize(m, dtype, &err))
+    if (moec_model_dequantize(m, dtype, cli_stage_progress, "tensors", &err))
         cli_die_err(&err);
     char *config = with_torch_dtype(m, torch_dtype);
     free(m->config_json);
     m->config_json = config;
-    cli_progress("writing %s", out_dir);
-    if (moec_model_save_hf(m, out_dir, SHARD_BYTES, force, &err))
+    cli_progress("writing", out, 0, 0, NULL);
+    if (moec_model_save_hf(m, out, SHARD_BYTES, force, &err))
         cli_die_err(&err);
     cli_progress_done();
     if (json) {
         cJSON *o = cJSON_CreateObject();
         if (!o)
             cli_die("out of memory");
-        cJSON_AddStringToObject(o, "source", argv[optind]);
-        cJSON_AddStringToObject(o, "output", out_dir);
+        cJSON_AddStringToObject(o, "source", src_path);
+        cJSON_AddStringToObject(o, "output", out);
         cJSON_AddStringToObject(o, "dtype", dtype_name);
         cJSON_AddNumberToObject(o, "dequantized_tensors", (double)n_quant);
         cJSON_AddNumberToObject(o, "params_total", (double)moec_model_params(m));
         cJSON_AddNumberToObject(o, "weight_bytes", (double)moec_model_bytes(m));
+        cli_json_add_version(o);
         cli_print_json(o);
         cJSON_Delete(o);
     } else if (!cli_quiet) {
-        fprintf(stderr, "%s: wrote %s (%lld quantized tensors dequantized to %s)\n", cli_prog, out_dir,
-                (long long)n_quant, dtype_name);
+        printf("wrote %s (%lld quantized tensors dequantized to %s)\n", out, (long long)n_quant, dtype_name);
     }
     moec_model_close(m);
     moec_model_close(src);

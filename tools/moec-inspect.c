@@ -1,17 +1,10 @@
 /* moec-inspect: what a checkpoint is — architecture, sizes, parameters, dtypes. */
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 
 #include "cli.h"
 #include "model/model.h"
 #include "model/summary.h"
-
-static const char usage[] =
-    "usage: moec-inspect MODEL [--json]\n"
-    "  MODEL    Hugging Face checkpoint directory (config.json + *.safetensors) or .moec file\n"
-    "  --json   print one JSON object instead of a table\n"
-    "  --help   show this help\n";
 
 static void print_table(const cJSON *s)
 {
@@ -44,31 +37,29 @@ static void print_table(const cJSON *s)
 
 int main(int argc, char **argv)
 {
-    cli_init(argc, argv);
-    static const struct option opts[] = {{"json", no_argument, 0, 'j'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-    int json = 0, c;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        if (c == 'j')
-            json = 1;
-        else if (c == 'h') {
-            fputs(usage, stdout);
-            return 0;
-        } else
-            cli_usage_error("unknown option");
-    }
-    if (optind + 1 != argc)
-        cli_usage_error(optind == argc ? "missing MODEL" : "expected one MODEL");
-    moec_err err = {0};
-    moec_model *m;
-    if (moec_model_open(&m, argv[optind], &err))
-        cli_die_err(&err);
+    const char *model_path = NULL;
+    bool json = false;
+    cli_opt opts[] = {
+        CLI_OPT_JSON(&json),
+        CLI_OPT_QUIET,
+        CLI_OPT_END,
+    };
+    cli_tool tool = {
+        .usage = "MODEL [--json]",
+        .summary = "What a checkpoint is: architecture, layers, experts per layer, top-k, sizes, parameters in "
+                   "all and active per token, dtypes and bytes.",
+        .operand = "MODEL",
+        .operand_help = "Hugging Face checkpoint directory (config.json + *.safetensors) or .moec file",
+        .operand_dest = &model_path,
+        .opts = opts,
+    };
+    cli_parse(&tool, argc, argv);
+    moec_model *m = cli_open_model(model_path);
     cJSON *s = moec_model_summary(m);
     if (!s)
         cli_die("out of memory");
     if (json) {
-        char *txt = cJSON_Print(s);
-        puts(txt);
-        free(txt);
+        cli_print_json(s);
     } else {
         print_table(s);
     }

@@ -1,12 +1,9 @@
 /* moec-merge: fold each MoE layer's experts into fewer, by Sub-MoE subspace
  * merging or frequency-weighted averaging, and write an HF checkpoint. */
 #include <cjson/cJSON.h>
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <time.h>
 
 #include "calib/calib.h"
 #include "core/fsutil.h"
@@ -17,66 +14,6 @@
 #include "tokenizer/tokenizer.h"
 
 #define DEFAULT_ENERGY 0.99
-
-static const char usage[] =
-    "usage: moec-merge MODEL --method {submoe,average} (--keep N | --ratio R)\n"
-    "                  (--stats STATS | --text FILE...) [--rank R | --energy E] -o OUT_DIR [options]\n"
-    "  MODEL            Hugging Face checkpoint directory (F32, F16 or BF16 experts)\n"
-    "  --method M       submoe: per group of similar experts, one SVD of the members' weights\n"
-    "                   side by side gives a shared basis U; the rank is truncated and the\n"
-    "                   members' V parts are averaged by routing frequency (Sub-MoE).\n"
-    "                   average: routing-frequency-weighted average of the members' weights.\n"
-    "                   Both cluster experts by K-means on the cosine similarity of their\n"
-    "                   outputs on calibration tokens, seeded with the most routed experts\n"
-    "  --keep N         experts per MoE layer after merging (1 .. the layer's experts)\n"
-    "  --ratio R        fraction of each layer's experts removed, 0 < R < 1 (as moec-prune:\n"
-    "                   0.25 keeps 6 of 8, 0.5 keeps 4)\n"
-    "  --stats STATS    calibration statistics from moec-calib (with expert-output similarities)\n"
-    "  --text FILE      calibrate on the fly on this text instead (repeatable; further FILE\n"
-    "                   arguments count as --text too), as moec-calib does\n"
-    "  --tokens N       with --text: calibration tokens in all, 0 = all (default 0)\n"
-    "  --ctx N          with --text: calibration window (default 256)\n"
-    "  --sim-tokens N   with --text: tokens for the output similarities (default 4096)\n"
-    "  --rank R         submoe: singular vectors kept per group and matrix\n"
-    "  --energy E       submoe: keep the smallest rank whose squared singular values reach the\n"
-    "                   fraction E of the total, 0 < E <= 1 (default 0.99). At E = 1 (full rank)\n"
-    "                   submoe gives exactly the average: the truncation is what differs\n"
-    "  --router RULE    router row of a merged group: average (of the members' rows, weighted\n"
-    "                   like the experts; default) or dominant (the most routed member's row)\n"
-    "  --weights W      merge weights: count (tokens routed to each expert; default) or gate\n"
-    "                   (sum of the gates each expert received)\n"
-    "  --init I         cluster seeding: freq (the N most routed experts; default) or kmeans++\n"
-    "                   (seeded restarts, the lowest inertia kept)\n"
-    "  --restarts N     k-means++ restarts (default 8)\n"
-    "  --seed N         k-means++ seed\n"
-    "  --svd-double     submoe: SVD in double precision (dgesdd) instead of float\n"
-    "  -o OUT_DIR       checkpoint directory to write (written aside and renamed when complete)\n"
-    "  --force          replace OUT_DIR if it exists\n"
-    "  --threads N      worker threads for calibration and merging (default 2)\n"
-    "  --json           print the merge report as JSON (groups, ranks, errors, parameters, time)\n"
-    "  --quiet          no progress on stderr\n"
-    "  --help           show this help\n"
-    "When fewer experts remain than num_experts_per_tok, it is lowered to the smallest count.\n"
-    "exit status: 0 ok, 1 failure, 2 usage error\n";
-
-static double seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static void calib_progress(void *ctx, int64_t done, int64_t total)
-{
-    (void)ctx;
-    cli_progress("calibrating: %lld/%lld tokens", (long long)done, (long long)total);
-}
-
-static void merge_progress(void *ctx, int done, int total)
-{
-    (void)ctx;
-    cli_progress("merging: %d/%d matrices", done, total);
-}
 
 static cJSON *doubles(const double *v, int n)
 {
@@ -180,99 +117,93 @@ static void report_text(const moec_merge_report *r, const char *outdir, double t
     printf("\n%s written in %.2f s\n", outdir, total_s);
 }
 
-static int pick(const char *opt, const char *v, const char *const *names, int n)
-{
-    for (int i = 0; i < n; i++)
-        if (!strcmp(v, names[i]))
-            return i;
-    cli_usage_error("%s: unknown value '%s'", opt, v);
-}
-
 int main(int argc, char **argv)
 {
-    cli_init(argc, argv);
-    enum {
-        OPT_METHOD = 256, OPT_KEEP, OPT_RATIO, OPT_STATS, OPT_TEXT, OPT_TOKENS, OPT_CTX, OPT_SIM, OPT_RANK,
-        OPT_ENERGY, OPT_ROUTER, OPT_WEIGHTS, OPT_INIT, OPT_RESTARTS, OPT_SEED, OPT_DOUBLE, OPT_FORCE,
-        OPT_THREADS, OPT_JSON, OPT_QUIET
-    };
-    static const struct option opts[] = {
-        {"method", required_argument, 0, OPT_METHOD},   {"keep", required_argument, 0, OPT_KEEP},
-        {"ratio", required_argument, 0, OPT_RATIO},     {"stats", required_argument, 0, OPT_STATS},
-        {"text", required_argument, 0, OPT_TEXT},       {"tokens", required_argument, 0, OPT_TOKENS},
-        {"ctx", required_argument, 0, OPT_CTX},         {"sim-tokens", required_argument, 0, OPT_SIM},
-        {"rank", required_argument, 0, OPT_RANK},       {"energy", required_argument, 0, OPT_ENERGY},
-        {"router", required_argument, 0, OPT_ROUTER},   {"weights", required_argument, 0, OPT_WEIGHTS},
-        {"init", required_argument, 0, OPT_INIT},       {"restarts", required_argument, 0, OPT_RESTARTS},
-        {"seed", required_argument, 0, OPT_SEED},       {"svd-double", no_argument, 0, OPT_DOUBLE},
-        {"force", no_argument, 0, OPT_FORCE},           {"threads", required_argument, 0, OPT_THREADS},
-        {"json", no_argument, 0, OPT_JSON},             {"quiet", no_argument, 0, OPT_QUIET},
-        {"output", required_argument, 0, 'o'},          {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0}};
-    static const char *const methods[] = {"submoe", "average"};
-    static const char *const routers[] = {"average", "dominant"};
-    static const char *const weightings[] = {"count", "gate"};
-    static const char *const inits[] = {"freq", "kmeans++"};
-
+    static const char *const methods[] = {"submoe", "average", NULL};
+    static const char *const routers[] = {"average", "dominant", NULL};
+    static const char *const weightings[] = {"count", "gate", NULL};
+    static const char *const inits[] = {"freq", "kmeans++", NULL};
     moec_merge_opts mo = MOEC_MERGE_OPTS_DEFAULT;
     mo.threads = 2;
     moec_calib_opts co = MOEC_CALIB_OPTS_DEFAULT;
-    int method = -1;
-    bool have_keep = false, have_ratio = false, have_rank = false, have_energy = false, force = false, json = false;
-    const char *stats_path = NULL, *out = NULL;
-    int n_texts = 0;
-    const char **texts = NULL;
-    int c;
-    while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
-        switch (c) {
-        case OPT_METHOD: method = pick("--method", optarg, methods, 2); break;
-        case OPT_KEEP: mo.keep = (int)cli_parse_long("--keep", optarg, 1, 1 << 20); have_keep = true; break;
-        case OPT_RATIO: mo.ratio = cli_parse_double("--ratio", optarg, 1e-9, 1.0 - 1e-9); have_ratio = true; break;
-        case OPT_STATS: stats_path = optarg; break;
-        case OPT_TEXT:
-            if (!texts && !(texts = calloc((size_t)argc, sizeof *texts)))
-                cli_die("out of memory");
-            texts[n_texts++] = optarg;
-            break;
-        case OPT_TOKENS: co.max_tokens = cli_parse_long("--tokens", optarg, 0, 1L << 40); break;
-        case OPT_CTX: co.ctx = (int)cli_parse_long("--ctx", optarg, 1, 1 << 20); break;
-        case OPT_SIM: co.sim_tokens = (int)cli_parse_long("--sim-tokens", optarg, 1, 1 << 30); break;
-        case OPT_RANK: mo.rank = (int)cli_parse_long("--rank", optarg, 1, 1L << 30); have_rank = true; break;
-        case OPT_ENERGY:
-            mo.energy = cli_parse_double("--energy", optarg, 1e-9, 1.0);
-            have_energy = true;
-            break;
-        case OPT_ROUTER: mo.router = (moec_merge_router)pick("--router", optarg, routers, 2); break;
-        case OPT_WEIGHTS: mo.weighting = (moec_merge_weighting)pick("--weights", optarg, weightings, 2); break;
-        case OPT_INIT: mo.kmeans.init = (moec_kmeans_init)pick("--init", optarg, inits, 2); break;
-        case OPT_RESTARTS: mo.kmeans.restarts = (int)cli_parse_long("--restarts", optarg, 1, 1 << 20); break;
-        case OPT_SEED: mo.kmeans.seed = (uint64_t)cli_parse_long("--seed", optarg, 0, (1L << 62)); break;
-        case OPT_DOUBLE: mo.precision = MOEC_SVD_DOUBLE; break;
-        case OPT_FORCE: force = true; break;
-        case OPT_THREADS: mo.threads = (int)cli_parse_long("--threads", optarg, 1, 256); break;
-        case OPT_JSON: json = true; break;
-        case OPT_QUIET: cli_quiet = true; break;
-        case 'o': out = optarg; break;
-        case 'h': fputs(usage, stdout); free(texts); return 0;
-        default: cli_usage_error("unknown option");
-        }
-    }
-    if (optind == argc)
-        cli_usage_error("missing MODEL");
-    const char *model_path = argv[optind];
-    if (optind + 1 < argc) {
-        if (!texts && !(texts = calloc((size_t)argc, sizeof *texts)))
-            cli_die("out of memory");
-        for (int i = optind + 1; i < argc; i++)
-            texts[n_texts++] = argv[i];
-    }
+    int method = -1, router = 0, weighting = 0, init = 0;
+    int64_t seed = 0;
+    bool force = false, json = false, svd_double = false;
+    const char *model_path = NULL, *stats_path = NULL, *out = NULL;
+    cli_list texts = {0};
+    cli_opt opts[] = {
+        {"method", 0, CLI_CHOICE, "M", &method, .choices = methods,
+         .help = "submoe: per group of similar experts, one SVD of the members' weights side by side gives a "
+                 "shared basis U; the rank is truncated and the members' V parts are averaged by routing "
+                 "frequency (Sub-MoE). average: routing-frequency-weighted average of the members' weights. "
+                 "Both cluster experts by K-means on the cosine similarity of their outputs on calibration "
+                 "tokens, seeded with the most routed experts"},
+        {"keep", 0, CLI_INT, "N", &mo.keep, 1, 1 << 20,
+         .help = "experts per MoE layer after merging (1 .. the layer's experts)"},
+        {"ratio", 0, CLI_DOUBLE, "R", &mo.ratio, 1e-9, 1.0 - 1e-9,
+         .help = "fraction of each layer's experts removed, 0 < R < 1 (as moec-prune: 0.25 keeps 6 of 8, 0.5 "
+                 "keeps 4)"},
+        {"stats", 0, CLI_STRING, "STATS", &stats_path,
+         .help = "calibration statistics from moec-calib (with expert-output similarities)"},
+        CLI_OPT_TEXT(&texts, "calibrate on the fly on this text instead, as moec-calib does"),
+        {"tokens", 0, CLI_INT64, "N", &co.max_tokens, 0, (double)(1LL << 40),
+         .help = "with --text: calibration tokens in all, 0 = all (default 0)"},
+        {"ctx", 0, CLI_INT, "N", &co.ctx, 1, 1 << 20, .help = "with --text: calibration window (default 256)"},
+        {"sim-tokens", 0, CLI_INT, "N", &co.sim_tokens, 1, 1 << 30,
+         .help = "with --text: tokens for the output similarities (default 4096)"},
+        {"rank", 0, CLI_INT, "R", &mo.rank, 1, 1 << 30, .help = "submoe: singular vectors kept per group and matrix"},
+        {"energy", 0, CLI_DOUBLE, "E", &mo.energy, 1e-9, 1.0,
+         .help = "submoe: keep the smallest rank whose squared singular values reach the fraction E of the "
+                 "total, 0 < E <= 1 (default 0.99). At E = 1 (full rank) submoe gives exactly the average: the "
+                 "truncation is what differs"},
+        {"router", 0, CLI_CHOICE, "RULE", &router, .choices = routers,
+         .help = "router row of a merged group: average (of the members' rows, weighted like the experts; "
+                 "default) or dominant (the most routed member's row)"},
+        {"weights", 0, CLI_CHOICE, "W", &weighting, .choices = weightings,
+         .help = "merge weights: count (tokens routed to each expert; default) or gate (sum of the gates each "
+                 "expert received)"},
+        {"init", 0, CLI_CHOICE, "I", &init, .choices = inits,
+         .help = "cluster seeding: freq (the N most routed experts; default) or kmeans++ (seeded restarts, the "
+                 "lowest inertia kept)"},
+        {"restarts", 0, CLI_INT, "N", &mo.kmeans.restarts, 1, 1 << 20, .help = "k-means++ restarts (default 8)"},
+        {"seed", 0, CLI_INT64, "N", &seed, 0, (double)(1LL << 62), .help = "k-means++ seed"},
+        {"svd-double", 0, CLI_FLAG, NULL, &svd_double,
+         .help = "submoe: SVD in double precision (dgesdd) instead of float"},
+        CLI_OPT_OUTPUT(&out, "OUT_DIR", "checkpoint directory to write (written aside and renamed when complete)"),
+        CLI_OPT_FORCE(&force),
+        CLI_OPT_THREADS(&mo.threads),
+        CLI_OPT_JSON(&json),
+        CLI_OPT_QUIET,
+        CLI_OPT_END,
+    };
+    cli_tool tool = {
+        .usage = "MODEL --method M (--keep N | --ratio R) (--stats STATS | --text FILE...) -o OUT_DIR [options]",
+        .summary = "Folds each MoE layer's experts into fewer, by Sub-MoE subspace merging or "
+                   "frequency-weighted averaging, and writes a Hugging Face checkpoint.",
+        .operand = "MODEL",
+        .operand_help = "Hugging Face checkpoint directory (F32, F16 or BF16 experts)",
+        .operand_dest = &model_path,
+        .opts = opts,
+        .epilog = "When fewer experts remain than num_experts_per_tok, it is lowered to the smallest count.",
+    };
+    cli_parse(&tool, argc, argv);
+    const bool have_keep = cli_given(&tool, "keep"), have_ratio = cli_given(&tool, "ratio");
+    const bool have_rank = cli_given(&tool, "rank"), have_energy = cli_given(&tool, "energy");
+    const int n_texts = texts.n;
+    mo.router = (moec_merge_router)router;
+    mo.weighting = (moec_merge_weighting)weighting;
+    mo.kmeans.init = (moec_kmeans_init)init;
+    if (cli_given(&tool, "seed"))
+        mo.kmeans.seed = (uint64_t)seed;
+    if (svd_double)
+        mo.precision = MOEC_SVD_DOUBLE;
     if (method < 0)
         cli_usage_error("missing --method {submoe,average}");
     mo.method = (moec_merge_method)method;
     if (have_keep == have_ratio)
         cli_usage_error(have_keep ? "give --keep or --ratio, not both" : "missing --keep N or --ratio R");
     if (!stats_path == !n_texts)
-        cli_usage_error(stats_path ? "give --stats or --text, not both" : "missing --stats STATS or --text FILE");
+        cli_usage_error(stats_path ? "give --stats or --text, not both" : "missing --stats STATS or --text FILE...");
     if (have_rank && have_energy)
         cli_usage_error("give --rank or --energy, not both");
     if (mo.method == MOEC_MERGE_AVERAGE && (have_rank || have_energy || mo.precision == MOEC_SVD_DOUBLE))
@@ -281,15 +212,10 @@ int main(int argc, char **argv)
         mo.energy = have_energy ? mo.energy : DEFAULT_ENERGY;
     if (!out)
         cli_usage_error("missing -o OUT_DIR");
-    struct stat sb;
-    if (!force && stat(out, &sb) == 0)
-        cli_die("%s: already exists (--force replaces it)", out);
-    moec_err perr = {0};
-    if (moec_check_parent_writable(out, &perr))
-        cli_die_err(&perr);
+    cli_check_output(out, force);
     co.threads = mo.threads;
 
-    const double t0 = seconds();
+    const double t0 = cli_seconds();
     moec_err err = {0};
     moec_model *m = cli_open_model(model_path);
     moec_stats *stats = NULL;
@@ -301,38 +227,40 @@ int main(int argc, char **argv)
         if (co.ctx > m->cfg.max_positions)
             cli_die("--ctx %d exceeds the model's %d positions", co.ctx, m->cfg.max_positions);
         moec_tokenizer *tok = cli_model_tokenizer(m);
-        const double tc = seconds();
-        if (moec_calib_run(m, tok, texts, n_texts, &co, &stats, calib_progress, NULL, &err))
+        const double tc = cli_seconds();
+        if (moec_calib_run(m, tok, texts.v, n_texts, &co, &stats, cli_calib_progress, NULL, &err))
             cli_die_err(&err);
-        calib_s = seconds() - tc;
+        calib_s = cli_seconds() - tc;
         cli_progress_done();
         moec_tokenizer_free(tok);
     }
 
-    mo.progress = merge_progress;
+    mo.progress = cli_merge_progress;
     moec_model *merged;
     moec_merge_report rep;
     if (moec_merge_model(m, stats, &mo, &merged, &rep, &err))
         cli_die_err(&err);
-    cli_progress_done();
-    const double ts = seconds();
+    const double ts = cli_seconds();
+    cli_progress("writing", out, 0, 0, NULL);
     if (moec_model_save_hf(merged, out, 0, force, &err))
         cli_die_err(&err);
-    const double save_s = seconds() - ts, total_s = seconds() - t0;
+    cli_progress_done();
+    const double save_s = cli_seconds() - ts, total_s = cli_seconds() - t0;
 
     if (json) {
         cJSON *j = report_json(&rep, &mo, model_path, out, calib_s, save_s, total_s);
         if (!j)
             cli_die("out of memory");
+        cli_json_add_version(j);
         cli_print_json(j);
         cJSON_Delete(j);
-    } else {
+    } else if (!cli_quiet) {
         report_text(&rep, out, total_s);
     }
     moec_merge_report_free(&rep);
     moec_model_close(merged);
     moec_stats_free(stats);
     moec_model_close(m);
-    free(texts);
+    cli_tool_free(&tool);
     return 0;
 }

@@ -1,26 +1,15 @@
 /* moec-tokenize - encode stdin to token ids, or decode ids back to text,
  * with a model's tokenizer.json. */
 #include <errno.h>
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
+#include <cjson/cJSON.h>
+
 #include "cli.h"
 #include "tokenizer/tokenizer.h"
-
-static const char usage[] =
-    "Usage: moec-tokenize [OPTIONS] DIR\n"
-    "Encode the text on standard input to token ids (printed space-separated on\n"
-    "one line), or with --decode turn whitespace-separated ids back into text.\n"
-    "No BOS/EOS or other template tokens are added.\n"
-    "\n"
-    "  DIR                 model directory holding tokenizer.json, or the path of\n"
-    "                      a tokenizer .json file\n"
-    "  -d, --decode        read ids on stdin and print the text they stand for\n"
-    "  -s, --skip-special  with --decode, leave out special tokens (<|endoftext|>...)\n"
-    "  -h, --help          show this help and exit\n";
 
 static char *read_stdin(size_t *len)
 {
@@ -48,7 +37,7 @@ static char *read_stdin(size_t *len)
     return buf;
 }
 
-static void encode(const moec_tokenizer *tok)
+static void encode(const moec_tokenizer *tok, bool json)
 {
     size_t len, n;
     char *text = read_stdin(&len);
@@ -56,14 +45,26 @@ static void encode(const moec_tokenizer *tok)
     moec_err err;
     if (moec_tokenizer_encode(tok, text, len, &ids, &n, &err))
         cli_die_err(&err);
-    for (size_t i = 0; i < n; i++)
-        printf(i ? " %d" : "%d", ids[i]);
-    putchar('\n');
+    if (json) {
+        cJSON *o = cJSON_CreateObject(), *a = cJSON_AddArrayToObject(o, "ids");
+        for (size_t i = 0; a && i < n; i++)
+            cJSON_AddItemToArray(a, cJSON_CreateNumber(ids[i]));
+        if (!a)
+            cli_die("out of memory");
+        cJSON_AddNumberToObject(o, "tokens", (double)n);
+        cJSON_AddNumberToObject(o, "bytes", (double)len);
+        cli_print_json(o);
+        cJSON_Delete(o);
+    } else {
+        for (size_t i = 0; i < n; i++)
+            printf(i ? " %d" : "%d", ids[i]);
+        putchar('\n');
+    }
     free(ids);
     free(text);
 }
 
-static void decode(const moec_tokenizer *tok, int skip_special)
+static void decode(const moec_tokenizer *tok, bool skip_special, bool json)
 {
     size_t len, n = 0, cap = 1024;
     char *in = read_stdin(&len);
@@ -99,7 +100,20 @@ static void decode(const moec_tokenizer *tok, int skip_special)
     moec_err err;
     if (moec_tokenizer_decode(tok, ids, n, skip_special, &out, &out_len, &err))
         cli_die_err(&err);
-    fwrite(out, 1, out_len, stdout);
+    if (json) {
+        char *z = realloc(out, out_len + 1);
+        if (!z)
+            cli_die("out of memory");
+        out = z;
+        out[out_len] = '\0';
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "text", out);
+        cJSON_AddNumberToObject(o, "tokens", (double)n);
+        cli_print_json(o);
+        cJSON_Delete(o);
+    } else {
+        fwrite(out, 1, out_len, stdout);
+    }
     free(out);
     free(ids);
     free(text);
@@ -107,34 +121,30 @@ static void decode(const moec_tokenizer *tok, int skip_special)
 
 int main(int argc, char **argv)
 {
-    cli_init(argc, argv);
-    static const struct option opts[] = {
-        { "decode", no_argument, NULL, 'd' },
-        { "skip-special", no_argument, NULL, 's' },
-        { "help", no_argument, NULL, 'h' },
-        { NULL, 0, NULL, 0 },
+    const char *arg = NULL;
+    bool do_decode = false, skip_special = false, json = false;
+    cli_opt opts[] = {
+        {"decode", 'd', CLI_FLAG, NULL, &do_decode, .help = "read token ids on stdin and print the text they stand for"},
+        {"skip-special", 's', CLI_FLAG, NULL, &skip_special,
+         .help = "with --decode, leave out special tokens (<|endoftext|>...)"},
+        CLI_OPT_JSON(&json),
+        CLI_OPT_QUIET,
+        CLI_OPT_END,
     };
-    int do_decode = 0, skip_special = 0, c;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "dsh", opts, NULL)) != -1) {
-        switch (c) {
-        case 'd': do_decode = 1; break;
-        case 's': skip_special = 1; break;
-        case 'h': fputs(usage, stdout); return CLI_EXIT_OK;
-        default:
-            if (optopt)
-                cli_usage_error("unknown option '-%c'", optopt);
-            cli_usage_error("unknown option '%s'", argv[optind - 1]);
-        }
-    }
-    if (optind >= argc)
-        cli_usage_error("missing DIR (a model directory or a tokenizer .json file)");
-    if (optind + 1 < argc)
-        cli_usage_error("unexpected argument '%s'", argv[optind + 1]);
+    cli_tool tool = {
+        .usage = "MODEL [--decode [--skip-special]] < INPUT",
+        .summary = "Encodes the text on standard input to token ids (printed space-separated on one line), or "
+                   "with --decode turns whitespace-separated ids back into text. No BOS/EOS or other template "
+                   "tokens are added.",
+        .operand = "MODEL",
+        .operand_help = "model directory holding tokenizer.json, or the path of a tokenizer .json file",
+        .operand_dest = &arg,
+        .opts = opts,
+    };
+    cli_parse(&tool, argc, argv);
     if (skip_special && !do_decode)
         cli_usage_error("--skip-special only applies with --decode");
 
-    const char *arg = argv[optind];
     char path[4096];
     struct stat sb;
     if (stat(arg, &sb) == 0 && S_ISDIR(sb.st_mode)) {
@@ -148,9 +158,9 @@ int main(int argc, char **argv)
     if (moec_tokenizer_load(&tok, path, &err))
         cli_die_err(&err);
     if (do_decode)
-        decode(tok, skip_special);
+        decode(tok, skip_special, json);
     else
-        encode(tok);
+        encode(tok, json);
     moec_tokenizer_free(tok);
     if (fflush(stdout) != 0)
         cli_die("stdout: %s", strerror(errno));

@@ -39,7 +39,18 @@ moec_status moec_model_set_quant(moec_model *m, moec_tensor *t, const moec_qform
 typedef struct {
     moec_model *m;
     moec_dtype dtype;
+    moec_progress_fn progress;
+    void *progress_ctx;
+    int64_t done, total; /* quantized tensors */
 } dequant_ctx;
+
+static moec_status count_quant(void *vctx, const moec_slot *s, moec_err *err)
+{
+    (void)err;
+    if (moec_tensor_present(s->t) && s->t->dtype == MOEC_DT_QUANT)
+        ((dequant_ctx *)vctx)->total++;
+    return MOEC_OK;
+}
 
 static moec_status dequant_slot(void *vctx, const moec_slot *s, moec_err *err)
 {
@@ -61,17 +72,22 @@ static moec_status dequant_slot(void *vctx, const moec_slot *s, moec_err *err)
             moec_from_f32((char *)t.data + (size_t)r * (size_t)f->cols * es, row, ctx->dtype, (size_t)f->cols);
         }
         *s->t = t;
+        if (ctx->progress)
+            ctx->progress(ctx->progress_ctx, "dequantizing", ++ctx->done, ctx->total);
     }
     free(row);
     return st;
 }
 
-moec_status moec_model_dequantize(moec_model *m, moec_dtype dtype, moec_err *err)
+moec_status moec_model_dequantize(moec_model *m, moec_dtype dtype, moec_progress_fn progress, void *progress_ctx,
+                                  moec_err *err)
 {
     if (!moec_dtype_is_compute(dtype))
         return moec_err_set(err, MOEC_ERR_ARG, "dequantize: target dtype %s is not F32, F16 or BF16",
                             moec_dtype_name(dtype));
-    dequant_ctx ctx = {m, dtype};
+    dequant_ctx ctx = {m, dtype, progress, progress_ctx, 0, 0};
+    if (progress)
+        moec_model_for_each_slot(m, count_quant, &ctx, NULL);
     moec_status st = moec_model_for_each_slot(m, dequant_slot, &ctx, err);
     if (st == MOEC_OK && m->cfg.tie_embeddings)
         m->lm_head = m->embed;

@@ -16,6 +16,7 @@
 
 #include <stdbool.h>
 
+#include "core/progress.h"
 #include "model/model.h"
 
 typedef struct moec_moec_save_opts {
@@ -59,7 +60,10 @@ moec_status moec_model_set_quant(moec_model *m, moec_tensor *t, const struct moe
 /* Replaces every MOEC_DT_QUANT tensor of m by an owned tensor of the given
  * compute dtype holding its dequantized values (F32 exact; F16/BF16 round
  * them to nearest even). Other tensors are untouched. Used on a derived
- * model (moec_model_derive) to export a quantized model as HF. */
-moec_status moec_model_dequantize(moec_model *m, moec_dtype dtype, moec_err *err);
+ * model (moec_model_derive) to export a quantized model as HF. progress
+ * (may be NULL) is called after each tensor: ("dequantizing", done, total
+ * quantized tensors). */
+moec_status moec_model_dequantize(moec_model *m, moec_dtype dtype, moec_progress_fn progress, void *progress_ctx,
+                                  moec_err *err);
 
 #endif
