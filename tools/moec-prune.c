@@ -67,7 +67,7 @@ static int32_t *text_tokens(const moec_tokenizer *tok, const char *const *files,
 
 static void summary(const moec_prune_report *rep, const char *out, double calib_secs)
 {
-    printf("%s: %s, %s allocation, top_k %d -> %d\n", cli_prog, rep->method,
+    printf("%s, %s allocation, top_k %d -> %d\n", rep->method,
             rep->alloc == MOEC_PRUNE_GLOBAL ? "global" : "uniform", rep->top_k_before, rep->top_k_after);
     for (int l = 0; l < rep->n_layers; l++) {
         const moec_prune_layer *R = &rep->layers[l];
