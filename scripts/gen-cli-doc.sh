@@ -52,7 +52,9 @@ EOF
   for t in "${tools[@]}"; do
     # the first paragraph of the description: the lines after the usage block, up to a blank line
     local what
-    what=$("$bin/$t" --help | awk 'BEGIN{s=0} s==0 && /^$/ {s=1; next} s==1 && /^$/ {exit} s==1 {printf "%s%s", sep, $0; sep=" "}')
+    what=$("$bin/$t" --help)
+    what=$(awk 'BEGIN{s=0} s==0 && /^$/ {s=1; next} s==1 && /^$/ {s=2} s==1 {printf "%s%s", sep, $0; sep=" "}' \
+      <<<"$what")
     printf "| [\`%s\`](#%s) | %s |\n" "$t" "$t" "${what//|/\\|}"
   done
   for t in "${tools[@]}"; do
