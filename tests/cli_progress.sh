@@ -20,7 +20,7 @@ fi
 small=$src/tests/fixtures/qwen2moe-random
 tiny=$src/models/mixtral-tiny
 head -c 3000 "$src/data/corpus/c.val.txt" >"$tmp/c.txt"
-head -c 8000 "$src/data/corpus/drama.val.txt" >"$tmp/d.txt"
+head -c 16000 "$src/data/corpus/drama.val.txt" >"$tmp/d.txt"
 "$bin/moec-quant" "$small" --bits 4 --verify-tokens 0 --quiet -o "$tmp/q.moec" || { echo "FAIL: setup"; exit 1; }
 
 # The long-work commands, each with the stage its progress line names.
