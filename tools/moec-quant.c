@@ -172,7 +172,7 @@ static const char *implied_why(moec_quant_field f)
     switch (f) {
     case MOEC_QF_BITS:
         return "the widest --bit-choices width: --avg-bits decides the routed experts' widths, --bits is then the "
-               "width of the shared expert, dense MLPs and attention";
+               "width of the shared expert, dense MLPs and (with --attn) attention";
     case MOEC_QF_ATTN: return "--attn-bits quantizes attention";
     case MOEC_QF_ALIGN: return "--eaquant chooses its smoothing by search unless --no-align";
     default: return "";
