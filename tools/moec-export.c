@@ -99,6 +99,7 @@ int main(int argc, char **argv)
 
     moec_err err = {0};
     moec_model *src = cli_open_model(argv[optind]);
+    cli_check_output(src, out_dir);
     moec_model *m;
     if (moec_model_derive(&m, src, &err))
         cli_die_err(&err);

@@ -292,6 +292,7 @@ int main(int argc, char **argv)
     const double t0 = seconds();
     moec_err err = {0};
     moec_model *m = cli_open_model(model_path);
+    cli_check_output(m, out);
     moec_stats *stats = NULL;
     double calib_s = 0.0;
     if (stats_path) {

@@ -286,6 +286,7 @@ int main(int argc, char **argv)
     if (moec_check_parent_writable(out, &err))
         cli_die_err(&err);
     moec_model *m = cli_open_model(model_path);
+    cli_check_output(m, out);
     if (ctx > m->cfg.max_positions)
         cli_die("--ctx %d exceeds the model's %d positions", ctx, m->cfg.max_positions);
     moec_quant_calib cal = {0};

@@ -72,11 +72,7 @@ int main(int argc, char **argv)
     moec_model *m;
     if (moec_model_open(&m, argv[optind], &err))
         cli_die_err(&err);
-    if (!m->tokenizer_json)
-        cli_die("%s: no tokenizer.json", argv[optind]);
-    moec_tokenizer *tok;
-    if (moec_tokenizer_load_json(&tok, m->tokenizer_json, m->tokenizer_json_len, &err))
-        cli_die_err(&err);
+    moec_tokenizer *tok = cli_model_tokenizer(m);
     int32_t *ids;
     size_t n_ids;
     if (moec_tokenizer_encode(tok, prompt, strlen(prompt), &ids, &n_ids, &err))

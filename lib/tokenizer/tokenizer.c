@@ -84,6 +84,13 @@ static moec_status build_tables(moec_tokenizer *tok, moec_err *err)
     }
     if (max_id < 0)
         return moec_err_set(err, MOEC_ERR_FORMAT, "model.vocab: empty vocabulary");
+    /* ids are dense in real tokenizers; a sparse one would make the id
+     * table the file's claim rather than its contents */
+    const size_t entries = vocab->n + tok->added.n;
+    if ((size_t)max_id >= 4 * entries + 65536)
+        return moec_err_set(err, MOEC_ERR_FORMAT,
+                            "model.vocab: id %d is far beyond the %zu tokens defined (ids must be about dense)",
+                            max_id, entries);
     tok->vocab_size = max_id + 1;
     tok->by_id = calloc((size_t)tok->vocab_size, sizeof *tok->by_id);
     if (!tok->by_id)
