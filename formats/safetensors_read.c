@@ -798,7 +798,11 @@ moec_status moec_st_open(moec_safetensors **out, const char *path, moec_err *err
         return moec_err_set(err, MOEC_ERR_NOMEM, "%s: out of memory", path);
     moec_status s;
     sprintf(p, "%s/model.safetensors", path);
-    if (is_file(p)) {
+    struct stat lb;
+    if (!is_file(p) && stat(p, &lb) == 0) {
+        /* there, but a directory, FIFO or device: say so rather than "missing" */
+        s = moec_err_set(err, MOEC_ERR_IO, "%s: not a regular file", p);
+    } else if (is_file(p)) {
         s = open_single(out, p, err);
     } else {
         sprintf(p, "%s/model.safetensors.index.json", path);

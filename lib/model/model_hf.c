@@ -94,7 +94,7 @@ moec_status moec_model_open(moec_model **out, const char *path, moec_err *err)
     moec_config cfg;
     st = moec_config_parse_hf(&cfg, config_text, err);
     if (st) {
-        moec_err_prefix(err, "%s/config.json", path);
+        moec_err_prefix(err, "%s", path); /* the message starts "config.json: " */
         free(config_text);
         return st;
     }
