@@ -71,8 +71,8 @@ mkdir -p "$WORK"
 # per target: longest input tried (bytes)
 max_len() {
   case $1 in
-    container|moec_model|tokenizer) echo 16384 ;;
-    safetensors|safetensors_index|stats) echo 8192 ;;
+    container|moec_model) echo 16384 ;;
+    safetensors|safetensors_index|stats|tokenizer) echo 8192 ;;
     *) echo 4096 ;;
   esac
 }

@@ -86,6 +86,25 @@ static void test_commit_dir_replaces_atomically(void **state)
     snprintf(p, sizeof p, "%s/only-old", out);
     assert_int_equal(access(p, F_OK), -1);
     assert_int_equal(tu_count_dir_entries(d), 1); /* no temporary or old copy beside it */
+
+    /* an output that is a symlink to another model: the link is replaced,
+     * the directory it named keeps its files */
+    char other[4200], link_out[4200];
+    snprintf(other, sizeof other, "%s/other", d);
+    snprintf(link_out, sizeof link_out, "%s/link-out", d);
+    assert_int_equal(mkdir(other, 0777), 0);
+    write_text(other, "config.json", "other");
+    assert_int_equal(symlink(other, link_out), 0);
+    assert_int_equal(moec_tmpdir_beside(link_out, tmp, sizeof tmp, true, &err), MOEC_OK);
+    write_text(tmp, "config.json", "new");
+    assert_int_equal(moec_commit_dir(tmp, link_out, true, &err), MOEC_OK);
+    struct stat lb;
+    assert_int_equal(lstat(link_out, &lb), 0);
+    assert_true(S_ISDIR(lb.st_mode));
+    snprintf(p, sizeof p, "%s/config.json", other);
+    text = tu_read_file(p, &n);
+    assert_string_equal(text, "other");
+    free(text);
 }
 
 /* A child that registers temporaries, then gets sig: it must die of sig

@@ -291,7 +291,9 @@ moec_status moec_commit_dir(const char *tmp, const char *out_dir, bool overwrite
 
 void moec_remove_tree(const char *path)
 {
-    DIR *d = opendir(path);
+    /* a symlink (an old -o that pointed elsewhere) goes, not what it names */
+    struct stat lb;
+    DIR *d = lstat(path, &lb) == 0 && S_ISDIR(lb.st_mode) ? opendir(path) : NULL;
     if (d) {
         struct dirent *e;
         while ((e = readdir(d))) {
