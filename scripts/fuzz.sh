@@ -10,6 +10,7 @@
 #                                    make_seeds.py and make_fuzz_seeds
 #                                    (needs BIN with make_fuzz_seeds, e.g. build/bin)
 #   TARGETS="config stats" scripts/fuzz.sh 60    only those targets
+#   PARALLEL=2 scripts/fuzz.sh 20                 two targets at a time (short runs only)
 #
 # Inputs the fuzzer finds go to a scratch corpus ($WORK/corpus-TARGET), never
 # into the repository; the seeds in tests/fuzz/corpus stay as committed. A
@@ -18,7 +19,8 @@
 # where every ctest run replays it.
 #
 # Environment: CC (default clang-14, else clang), WORK (default
-# /tmp/moec-fuzz), FUZZ_BUILD (default build-fuzz), JOBS (build jobs, default 2).
+# /tmp/moec-fuzz), FUZZ_BUILD (default build-fuzz), JOBS (build jobs, default 2),
+# PARALLEL (short runs at once, default 1; long runs are always one at a time).
 # Exit 0 when no target crashed; 1 when one did; 77 when there is no clang
 # with libFuzzer (callers such as scripts/test.sh skip the pass then).
 set -euo pipefail
@@ -81,38 +83,55 @@ export ASAN_OPTIONS=abort_on_error=1:detect_leaks=1:allocator_may_return_null=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export MOEC_SOURCE_DIR=$root
 
-failed=()
-for t in $TARGETS; do
-  exe=$FUZZ_BUILD/bin/fuzz_$t
-  [ -x "$exe" ] || { log "no target $t"; exit 1; }
-  corpus=$WORK/corpus-$t
+PARALLEL=${PARALLEL:-1}
+rm -f "$WORK/failed"
+# one target; appends its name to $WORK/failed when it crashed
+run_target() {
+  local t=$1 exe=$FUZZ_BUILD/bin/fuzz_$1 corpus=$WORK/corpus-$1
   mkdir -p "$corpus"
-  args=(-max_len="$(max_len "$t")" -timeout=20 -rss_limit_mb=2048 -malloc_limit_mb=1024
-        -artifact_prefix="$WORK/crash-$t-" -print_final_stats=1)
+  local args=(-max_len="$(max_len "$t")" -timeout=20 -rss_limit_mb=2048 -malloc_limit_mb=1024
+              -artifact_prefix="$WORK/crash-$t-" -print_final_stats=1)
   [ -f "tests/fuzz/$t.dict" ] && args+=(-dict="tests/fuzz/$t.dict")
-  inputs=("$corpus" "tests/fuzz/corpus/$t")
+  local inputs=("$corpus" "tests/fuzz/corpus/$t")
   [ -d "tests/fuzz/regress/$t" ] && inputs+=("tests/fuzz/regress/$t")
   if [ "$mode" = long ]; then
     rm -rf "$corpus" && mkdir -p "$corpus"
     log "$t: $runs runs (log: $WORK/long-$t.log)"
+    local start
     start=$(date +%s)
-    if ! nice -n 19 "$exe" "${args[@]}" -runs="$runs" -print_coverage=1 "${inputs[@]}" \
-        >"$WORK/long-$t.log" 2>&1; then
-      failed+=("$t")
-    fi
+    nice -n 19 "$exe" "${args[@]}" -runs="$runs" -print_coverage=1 "${inputs[@]}" \
+      >"$WORK/long-$t.log" 2>&1 || echo "$t" >>"$WORK/failed"
     echo "wall_seconds: $(($(date +%s) - start))" >>"$WORK/long-$t.log"
     echo "corpus_files: $(find "$corpus" -type f | wc -l) corpus_bytes: $(du -sb "$corpus" | cut -f1)" \
       >>"$WORK/long-$t.log"
   else
     log "$t: ${seconds}s"
     if ! "$exe" "${args[@]}" -max_total_time="$seconds" "${inputs[@]}" >"$WORK/short-$t.log" 2>&1; then
-      failed+=("$t")
+      echo "$t" >>"$WORK/failed"
       tail -n 40 "$WORK/short-$t.log" >&2
     fi
   fi
+}
+
+for t in $TARGETS; do
+  [ -x "$FUZZ_BUILD/bin/fuzz_$t" ] || { log "no target $t"; exit 1; }
 done
-if [ ${#failed[@]} -gt 0 ]; then
-  log "CRASH in: ${failed[*]} (inputs: $WORK/crash-*; logs in $WORK)"
+running=0
+for t in $TARGETS; do
+  if [ "$mode" = long ] || [ "$PARALLEL" -le 1 ]; then
+    run_target "$t"
+    continue
+  fi
+  run_target "$t" &
+  running=$((running + 1))
+  if [ "$running" -ge "$PARALLEL" ]; then
+    wait -n || true
+    running=$((running - 1))
+  fi
+done
+wait
+if [ -s "$WORK/failed" ]; then
+  log "CRASH in: $(tr '\n' ' ' <"$WORK/failed")(inputs: $WORK/crash-*; logs in $WORK)"
   exit 1
 fi
 log "no crash in: $TARGETS"

@@ -15,7 +15,7 @@ FUZZ_SECONDS=${FUZZ_SECONDS:-15}
 if [ "$FUZZ_SECONDS" != 0 ]; then
   rc=0
   work=${FUZZ_WORK:-$(mktemp -d)}
-  WORK=$work JOBS=$(nproc) "$root/scripts/fuzz.sh" "$FUZZ_SECONDS" || rc=$?
+  WORK=$work JOBS=$(nproc) PARALLEL=$(nproc) "$root/scripts/fuzz.sh" "$FUZZ_SECONDS" || rc=$?
   if [ "$rc" = 77 ]; then
     echo "test.sh: fuzz pass skipped: no clang with libFuzzer" >&2
   elif [ "$rc" != 0 ]; then

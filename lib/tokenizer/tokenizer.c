@@ -135,6 +135,15 @@ static moec_status load_named(moec_tokenizer **out, const char *json, size_t len
     *out = NULL;
     if (!json)
         return moec_err_set(err, MOEC_ERR_ARG, "%s: no JSON text given", name);
+    /* JSON is UTF-8, and every string of the file may end up inside text
+     * (vocabulary, Replace contents, added tokens) that PCRE2 later matches
+     * without re-checking; cJSON passes invalid bytes through, so check the
+     * whole text here (found by fuzzing: a Replace content of 0xFF bytes
+     * sent PCRE2 reading past the subject). */
+    size_t bad = tok_utf8_check(json, len);
+    if (bad != len)
+        return moec_err_set(err, MOEC_ERR_FORMAT, "%s: not valid UTF-8 (byte 0x%02X at offset %zu)", name,
+                            (unsigned char)json[bad], bad);
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(json, len, &end, 0);
     if (!root) {
