@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # README command 2: installs dependencies, builds with ASan+UBSan and runs the test suite,
-# then a short pass of every fuzz target (FUZZ_SECONDS each, default 15; 0 skips it;
-# skipped with a message where clang's libFuzzer is missing).
+# then a short pass of every fuzz target (FUZZ_SECONDS each, default 20, one target per core at a
+# time; FUZZ_SECONDS=0 skips it; skipped with a message where clang's libFuzzer is missing).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/install-deps.sh"
@@ -11,7 +11,7 @@ cmake --build "$build" -j"$(nproc)" >/dev/null
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 (cd "$build" && ctest --output-on-failure -j"$(nproc)" "$@")
-FUZZ_SECONDS=${FUZZ_SECONDS:-15}
+FUZZ_SECONDS=${FUZZ_SECONDS:-20}
 if [ "$FUZZ_SECONDS" != 0 ]; then
   rc=0
   work=${FUZZ_WORK:-$(mktemp -d)}
