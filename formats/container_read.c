@@ -57,6 +57,9 @@ typedef struct ct_extent {
     int kind;
 } ct_extent;
 
+/* Most bytes one stored zstd byte can decode to. */
+#define CT_ZSTD_MAX_RATIO 32768u
+
 static int range_in(uint64_t off, uint64_t len, uint64_t lo, uint64_t hi)
 {
     return off >= lo && off <= hi && len <= hi - off;
@@ -252,6 +255,14 @@ static moec_status parse_sections(moec_container *c, ct_tensor *t, const unsigne
                                     " outside [%u, %u]",
                                     lbl(c), ti->name, kn, si->chunk_size,
                                     MOEC_CONTAINER_CHUNK_MIN, MOEC_CONTAINER_CHUNK_MAX);
+            /* zstd expands at most CT_ZSTD_MAX_RATIO-fold (an RLE block: 4
+             * bytes for 128 KiB), so a size the stored bytes cannot reach is
+             * refused before anyone allocates it */
+            if (si->size / CT_ZSTD_MAX_RATIO > si->stored_size)
+                return moec_err_set(err, MOEC_ERR_FORMAT,
+                                    "%s: directory: tensor '%s' section %s: %" PRIu64
+                                    " bytes cannot come from %" PRIu64 " stored bytes of zstd",
+                                    lbl(c), ti->name, kn, si->size, si->stored_size);
             uint64_t n_chunks = (si->size + si->chunk_size - 1) / si->chunk_size;
             /* offset table plus at least one byte per frame */
             if (si->stored_size < 9 * n_chunks + 8)
@@ -503,7 +514,7 @@ moec_status moec_container_open(const char *path, unsigned flags, moec_container
                                 moec_err *err)
 {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block */
     if (fd < 0)
         return moec_err_set(err, MOEC_ERR_IO, "%s: %s", path, strerror(errno));
     struct stat st;
@@ -626,7 +637,8 @@ static moec_status check_chunks(const moec_container *c, const moec_ctensor_info
         uint64_t want = i + 1 < n ? si->chunk_size : si->size - i * si->chunk_size;
         unsigned long long content = ZSTD_getFrameContentSize(p + a, (size_t)(b - a));
         size_t frame = ZSTD_findFrameCompressedSize(p + a, (size_t)(b - a));
-        if (content != want || ZSTD_isError(frame) || frame != b - a)
+        if (content != want || ZSTD_isError(frame) || frame != b - a ||
+            want / CT_ZSTD_MAX_RATIO > frame)
             return moec_err_set(err, MOEC_ERR_FORMAT,
                                 "%s: tensor '%s' section %s: chunk %" PRIu64
                                 " is not one zstd frame of %" PRIu64 " bytes",

@@ -6,6 +6,7 @@
  */
 #include "formats/container.h"
 #include "formats/container_layout.h"
+#include "core/fsutil.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -152,8 +153,10 @@ static void fail(moec_container_writer *w)
     if (w->fd >= 0)
         close(w->fd);
     w->fd = -1;
-    if (w->tmp_path)
+    if (w->tmp_path) {
         unlink(w->tmp_path);
+        moec_tmp_untrack(w->tmp_path);
+    }
     free(w->tmp_path);
     w->tmp_path = NULL;
     w->failed = 1;
@@ -483,6 +486,7 @@ moec_status moec_container_writer_stream(moec_container_writer *w, const char *p
         fail(w);
         return s;
     }
+    moec_tmp_track(w->tmp_path);
     w->pos = 0;
     /* the header is written last, over these zeros */
     s = put(w, zeros64, CT_HDR_SIZE, err);
@@ -567,7 +571,7 @@ static moec_status finish(moec_container_writer *w, moec_err *err)
         return moec_err_set(err, MOEC_ERR_IO, "%s: %s", w->tmp_path, strerror(errno));
     int fd = w->fd;
     w->fd = -1;
-    if (close(fd) != 0 || rename(w->tmp_path, w->path) != 0)
+    if (close(fd) != 0 || moec_tmp_rename(w->tmp_path, w->path) != 0)
         return moec_err_set(err, MOEC_ERR_IO, "%s: %s", w->path, strerror(errno));
     free(w->tmp_path);
     w->tmp_path = NULL;

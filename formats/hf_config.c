@@ -13,6 +13,8 @@
 
 #include <cjson/cJSON.h>
 
+#include "core/fsutil.h"
+
 static const struct {
     const char *hf_name;
     const char *model_type;
@@ -111,7 +113,10 @@ static int get_token_id(reader *r, const char *key)
     const cJSON *v = field(r, key);
     if (v && cJSON_IsArray(v)) /* some configs list several eos ids: keep the first */
         v = cJSON_GetArrayItem(v, 0);
-    if (!v || !cJSON_IsNumber(v) || v->valuedouble < 0)
+    /* ids are informational here: anything but an int-sized non-negative
+     * integer counts as none (and is never cast out of range) */
+    if (!v || !cJSON_IsNumber(v) || !(v->valuedouble >= 0 && v->valuedouble < 2147483647.0) ||
+        v->valuedouble != floor(v->valuedouble))
         return -1;
     return (int)v->valuedouble;
 }
@@ -153,7 +158,7 @@ static bool qwen_layer_is_moe(const cJSON *mlp_only, int step, int n_experts, in
 {
     if (cJSON_IsArray(mlp_only)) {
         const cJSON *it;
-        cJSON_ArrayForEach(it, mlp_only) if (cJSON_IsNumber(it) && (int)it->valuedouble == l) return false;
+        cJSON_ArrayForEach(it, mlp_only) if (cJSON_IsNumber(it) && it->valuedouble == (double)l) return false;
     }
     return n_experts > 0 && step > 0 && (l + 1) % step == 0;
 }
@@ -285,6 +290,7 @@ moec_status moec_config_parse_hf(moec_config *cfg, const char *json_text, moec_e
         for (int l = 0; l < cfg->n_layers; l++) {
             const cJSON *v = cJSON_GetArrayItem(per_layer, l);
             if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble > n_experts ||
+                v->valuedouble != floor(v->valuedouble) ||
                 (v->valuedouble == 0) != (cfg->layer_experts[l] == 0)) {
                 st = moec_err_set(err, MOEC_ERR_FORMAT,
                                   "config.json: \"moec_layer_experts\"[%d] must be in [1, %d] for an MoE layer "
@@ -319,54 +325,57 @@ done:
 
 moec_status moec_config_load_hf(moec_config *cfg, const char *path, moec_err *err)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return moec_err_set(err, MOEC_ERR_IO, "%s: %s", path, strerror(errno));
-    char *buf = NULL;
-    size_t len = 0, cap = 0;
-    for (;;) {
-        if (len + 4096 + 1 > cap) {
-            cap = cap ? cap * 2 : 8192;
-            if (cap > (64u << 20)) {
-                free(buf);
-                fclose(f);
-                return moec_err_set(err, MOEC_ERR_FORMAT, "%s: larger than 64 MiB, not a config.json", path);
-            }
-            char *nb = realloc(buf, cap);
-            if (!nb) {
-                free(buf);
-                fclose(f);
-                return moec_err_set(err, MOEC_ERR_NOMEM, "%s: out of memory", path);
-            }
-            buf = nb;
-        }
-        size_t got = fread(buf + len, 1, cap - len - 1, f);
-        len += got;
-        if (got == 0)
-            break;
-    }
-    int bad = ferror(f);
-    fclose(f);
-    if (bad) {
-        free(buf);
-        return moec_err_set(err, MOEC_ERR_IO, "%s: read error", path);
-    }
-    buf[len] = '\0';
-    moec_status st = moec_config_parse_hf(cfg, buf, err);
+    char *buf;
+    size_t len;
+    moec_status st = moec_read_file(path, (size_t)64 << 20, &buf, &len, err);
+    if (st)
+        return st;
+    st = moec_config_parse_hf(cfg, buf, err);
     free(buf);
     if (st != MOEC_OK)
         moec_err_prefix(err, "%s", path);
     return st;
 }
 
+/* Sets key to v, replacing the value under exactly this key. (cJSON's
+ * HasObjectItem ignores case: with "Num_experts" in the original, replacing
+ * "num_experts" would fail, leak the number and leave the key unwritten.) */
 static cJSON *set_number(cJSON *root, const char *key, double v)
 {
     cJSON *n = cJSON_CreateNumber(v);
-    if (cJSON_HasObjectItem(root, key))
-        cJSON_ReplaceItemInObjectCaseSensitive(root, key, n);
-    else
-        cJSON_AddItemToObject(root, key, n);
+    if (!n)
+        return NULL;
+    bool ok = cJSON_GetObjectItemCaseSensitive(root, key) ? cJSON_ReplaceItemInObjectCaseSensitive(root, key, n)
+                                                         : cJSON_AddItemToObject(root, key, n);
+    if (!ok) {
+        cJSON_Delete(n);
+        return NULL;
+    }
     return n;
+}
+
+/* Sets key to a boolean, replacing the first value under exactly this key
+ * (the one readers take when a file repeats a key). */
+static cJSON *set_bool(cJSON *root, const char *key, bool v)
+{
+    cJSON *n = cJSON_CreateBool(v);
+    if (!n)
+        return NULL;
+    bool ok = cJSON_GetObjectItemCaseSensitive(root, key) ? cJSON_ReplaceItemInObjectCaseSensitive(root, key, n)
+                                                         : cJSON_AddItemToObject(root, key, n);
+    if (!ok) {
+        cJSON_Delete(n);
+        return NULL;
+    }
+    return n;
+}
+
+/* Removes every value under key: deleting only the first would let a
+ * repeated key's second value become the one readers see. */
+static void delete_all(cJSON *root, const char *key)
+{
+    while (cJSON_GetObjectItemCaseSensitive(root, key))
+        cJSON_DeleteItemFromObjectCaseSensitive(root, key);
 }
 
 moec_status moec_config_to_hf_json(const moec_config *cfg, const char *original, char **out_json, moec_err *err)
@@ -403,16 +412,14 @@ moec_status moec_config_to_hf_json(const moec_config *cfg, const char *original,
         set_number(root, "intermediate_size", cfg->expert_ffn);
     } else if (cfg->arch == MOEC_ARCH_OLMOE) {
         set_number(root, "intermediate_size", cfg->expert_ffn);
-        cJSON_DeleteItemFromObjectCaseSensitive(root, "norm_topk_prob");
-        cJSON_AddBoolToObject(root, "norm_topk_prob", cfg->norm_topk);
+        set_bool(root, "norm_topk_prob", cfg->norm_topk);
     } else {
         set_number(root, "moe_intermediate_size", cfg->expert_ffn);
-        cJSON_DeleteItemFromObjectCaseSensitive(root, "norm_topk_prob");
-        cJSON_AddBoolToObject(root, "norm_topk_prob", cfg->norm_topk);
+        set_bool(root, "norm_topk_prob", cfg->norm_topk);
         if (cfg->arch == MOEC_ARCH_QWEN2_MOE)
             set_number(root, "shared_expert_intermediate_size", cfg->shared_ffn);
     }
-    cJSON_DeleteItemFromObjectCaseSensitive(root, "moec_layer_experts");
+    delete_all(root, "moec_layer_experts");
     if (!moec_config_uniform(cfg)) {
         cJSON *arr = cJSON_AddArrayToObject(root, "moec_layer_experts");
         for (int l = 0; l < cfg->n_layers; l++)
@@ -425,13 +432,16 @@ moec_status moec_config_to_hf_json(const moec_config *cfg, const char *original,
     return MOEC_OK;
 }
 
-static int64_t ffn_params(int64_t d, int64_t f) { return 3 * d * f; }
+/* Counted in double: a config's sizes are bounded one by one, but their
+ * product (2^20 hidden x 2^20 FFN x 2^16 experts x 256 layers) would
+ * overflow int64; real models stay far below 2^53, where doubles are exact. */
+static double ffn_params(double d, double f) { return 3 * d * f; }
 
-static int64_t layer_params(const moec_config *c, int l, bool active)
+static double layer_params(const moec_config *c, int l, bool active)
 {
-    int64_t d = c->hidden_size, hd = c->head_dim;
-    int64_t q = (int64_t)c->n_heads * hd, kv = (int64_t)c->n_kv_heads * hd;
-    int64_t n = 2 * d;                  /* two RMSNorms */
+    double d = c->hidden_size, hd = c->head_dim;
+    double q = (double)c->n_heads * hd, kv = (double)c->n_kv_heads * hd;
+    double n = 2 * d;                   /* two RMSNorms */
     n += d * q + 2 * d * kv + q * d;    /* q, k, v, o */
     if (c->qkv_bias)
         n += q + 2 * kv;
@@ -442,7 +452,7 @@ static int64_t layer_params(const moec_config *c, int l, bool active)
     int e = c->layer_experts[l];
     if (e == 0)
         return n + ffn_params(d, c->dense_ffn);
-    n += (int64_t)e * d; /* router */
+    n += (double)e * d; /* router */
     n += (active ? (e < c->top_k ? e : c->top_k) : e) * ffn_params(d, c->expert_ffn);
     if (c->shared_ffn > 0)
         n += ffn_params(d, c->shared_ffn) + (c->shared_gate ? d : 0);
@@ -451,10 +461,10 @@ static int64_t layer_params(const moec_config *c, int l, bool active)
 
 static int64_t params(const moec_config *c, bool active)
 {
-    int64_t n = (int64_t)c->vocab_size * c->hidden_size * (c->tie_embeddings ? 1 : 2) + c->hidden_size;
-    for (int l = 0; l < c->n_layers; l++)
+    double n = (double)c->vocab_size * c->hidden_size * (c->tie_embeddings ? 1 : 2) + c->hidden_size;
+    for (int l = 0; l < c->n_layers && l < MOEC_MAX_LAYERS; l++)
         n += layer_params(c, l, active);
-    return n;
+    return n < 9.2e18 ? (int64_t)n : INT64_MAX;
 }
 
 int64_t moec_config_params_total(const moec_config *c) { return params(c, false); }

@@ -56,6 +56,25 @@ moec_status moec_st_open(moec_safetensors **out, const char *path, moec_err *err
 moec_status moec_st_open_memory(moec_safetensors **out, const void *data, size_t size,
                                 const char *label, moec_err *err);
 
+/* One shard image in memory for moec_st_open_index_memory: the bytes of
+ * the file the index names `name`. */
+typedef struct moec_st_image {
+    const char *name;
+    const void *data;
+    size_t size;
+} moec_st_image;
+
+/* Parses a sharded checkpoint held in memory: json (len bytes, need not be
+ * NUL-terminated) is the model.safetensors.index.json text and images the
+ * shard files it may name, found by file name; a shard the index names but
+ * images lack fails as a missing file would (MOEC_ERR_IO). The same
+ * validation as moec_st_open on an index; nothing is copied (images stay
+ * valid until moec_st_close). label stands for the directory in messages.
+ * Used by the fuzzer. */
+moec_status moec_st_open_index_memory(moec_safetensors **out, const char *json, size_t len,
+                                      const char *label, const moec_st_image *images,
+                                      size_t n_images, moec_err *err);
+
 /* Unmaps everything; every tensor view and string obtained from st dies with
  * it. NULL is a no-op. */
 void moec_st_close(moec_safetensors *st);

@@ -460,7 +460,7 @@ static moec_status map_shard(st_shard *sh, const char *path, moec_err *err)
     moec_status s = set_shard_path(sh, path, err);
     if (s)
         return s;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block */
     if (fd < 0)
         return moec_err_set(err, MOEC_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     struct stat sb;
@@ -523,7 +523,7 @@ static int cmp_str(const void *a, const void *b)
 
 static moec_status read_small_file(const char *path, char **out, size_t *len, moec_err *err)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block */
     if (fd < 0)
         return moec_err_set(err, MOEC_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     struct stat sb;
@@ -567,20 +567,21 @@ static int plain_file_name(const char *f)
     return f[0] != '\0' && !strchr(f, '/') && !strchr(f, '\\') && !strstr(f, "..");
 }
 
-static moec_status open_index(moec_safetensors **out, const char *index_path, moec_err *err)
+/* Fills sh for the shard file named `file` (a plain name from the index). */
+typedef moec_status (*shard_loader)(void *ctx, st_shard *sh, const char *file, moec_err *err);
+
+static moec_status open_index_text(moec_safetensors **out, const char *text, size_t len,
+                                   const char *index_path, shard_loader load, void *load_ctx,
+                                   moec_err *err)
 {
-    char *text = NULL, *dir = NULL;
-    size_t len = 0, nwm = 0, nfiles = 0;
+    size_t nwm = 0, nfiles = 0;
     cJSON *root = NULL;
     wm_pair *wm = NULL;
     const char **files = NULL;
     moec_safetensors *st = NULL;
-    char *shard_path = NULL;
     char nb[96], fb[96];
+    moec_status s = MOEC_OK;
 
-    moec_status s = read_small_file(index_path, &text, &len, err);
-    if (s)
-        return s;
     root = cJSON_ParseWithLength(text, len);
     if (!root) {
         s = moec_err_set(err, MOEC_ERR_FORMAT, "%s: not valid JSON", index_path);
@@ -636,29 +637,13 @@ static moec_status open_index(moec_safetensors **out, const char *index_path, mo
         if (nfiles == 0 || strcmp(files[nfiles - 1], files[i]) != 0)
             files[nfiles++] = files[i];
 
-    dir = strdup(index_path);
-    if (!dir) {
-        s = moec_err_set(err, MOEC_ERR_NOMEM, "%s: out of memory", index_path);
-        goto done;
-    }
-    char *slash = strrchr(dir, '/');
-    if (slash)
-        slash[slash == dir ? 1 : 0] = '\0';
-    else
-        strcpy(dir, ".");
-    size_t dlen = strlen(dir), maxf = 0;
-    for (size_t i = 0; i < nfiles; i++)
-        if (strlen(files[i]) > maxf)
-            maxf = strlen(files[i]);
-    shard_path = malloc(dlen + maxf + 2);
     st = st_alloc(nfiles);
-    if (!shard_path || !st) {
+    if (!st) {
         s = moec_err_set(err, MOEC_ERR_NOMEM, "%s: out of memory", index_path);
         goto done;
     }
     for (size_t i = 0; i < nfiles && !s; i++) {
-        sprintf(shard_path, "%s/%s", dir, files[i]);
-        s = map_shard(&st->shards[i], shard_path, err);
+        s = load(load_ctx, &st->shards[i], files[i], err);
         if (!s)
             s = parse_shard(st, i, i == 0, err);
         if (!s)
@@ -691,14 +676,96 @@ done:
         st = NULL;
     }
     *out = st;
-    free(shard_path);
-    free(dir);
     free(files);
     free(wm);
     cJSON_Delete(root);
+    return s;
+}
+
+/* Shards as files beside the index. */
+static moec_status load_shard_file(void *ctx, st_shard *sh, const char *file, moec_err *err)
+{
+    const char *dir = ctx;
+    size_t cap = strlen(dir) + strlen(file) + 2;
+    char *path = malloc(cap);
+    if (!path)
+        return moec_err_set(err, MOEC_ERR_NOMEM, "%s/%s: out of memory", dir, file);
+    snprintf(path, cap, "%s/%s", dir, file);
+    moec_status s = map_shard(sh, path, err);
+    free(path);
+    return s;
+}
+
+static moec_status open_index(moec_safetensors **out, const char *index_path, moec_err *err)
+{
+    char *text = NULL;
+    size_t len = 0;
+    *out = NULL;
+    moec_status s = read_small_file(index_path, &text, &len, err);
+    if (s)
+        return s;
+    char *dir = strdup(index_path);
+    if (!dir) {
+        free(text);
+        return moec_err_set(err, MOEC_ERR_NOMEM, "%s: out of memory", index_path);
+    }
+    char *slash = strrchr(dir, '/');
+    if (slash)
+        slash[slash == dir ? 1 : 0] = '\0';
+    else
+        strcpy(dir, ".");
+    s = open_index_text(out, text, len, index_path, load_shard_file, dir, err);
+    free(dir);
     free(text);
     return s;
 }
+
+/* Shards as images in memory, found by file name. */
+typedef struct {
+    const char *label;
+    const moec_st_image *images;
+    size_t n;
+} mem_shards;
+
+static moec_status load_shard_image(void *ctx, st_shard *sh, const char *file, moec_err *err)
+{
+    const mem_shards *ms = ctx;
+    size_t cap = strlen(ms->label) + strlen(file) + 2;
+    char *path = malloc(cap);
+    if (!path)
+        return moec_err_set(err, MOEC_ERR_NOMEM, "%s: out of memory", ms->label);
+    snprintf(path, cap, "%s/%s", ms->label, file);
+    moec_status s = set_shard_path(sh, path, err);
+    free(path);
+    if (s)
+        return s;
+    for (size_t i = 0; i < ms->n; i++)
+        if (ms->images[i].name && strcmp(ms->images[i].name, file) == 0) {
+            if (!ms->images[i].data && ms->images[i].size)
+                return moec_err_set(err, MOEC_ERR_ARG, "%s: NULL data", sh->path);
+            sh->base = ms->images[i].data;
+            sh->size = ms->images[i].size;
+            return MOEC_OK;
+        }
+    return moec_err_set(err, MOEC_ERR_IO, "%s: cannot open: no such shard", sh->path);
+}
+
+moec_status moec_st_open_index_memory(moec_safetensors **out, const char *json, size_t len,
+                                      const char *label, const moec_st_image *images,
+                                      size_t n_images, moec_err *err)
+{
+    *out = NULL;
+    if (!label)
+        label = "<memory>";
+    if ((!json && len) || (!images && n_images))
+        return moec_err_set(err, MOEC_ERR_ARG, "%s: NULL index or images", label);
+    mem_shards ms = {label, images, n_images};
+    char index_label[512];
+    snprintf(index_label, sizeof index_label, "%s/model.safetensors.index.json", label);
+    return open_index_text(out, json ? json : "", len, index_label, load_shard_image, &ms, err);
+}
+
+
 
 /* ---- public ------------------------------------------------------------- */
 
@@ -731,7 +798,11 @@ moec_status moec_st_open(moec_safetensors **out, const char *path, moec_err *err
         return moec_err_set(err, MOEC_ERR_NOMEM, "%s: out of memory", path);
     moec_status s;
     sprintf(p, "%s/model.safetensors", path);
-    if (is_file(p)) {
+    struct stat lb;
+    if (!is_file(p) && stat(p, &lb) == 0) {
+        /* there, but a directory, FIFO or device: say so rather than "missing" */
+        s = moec_err_set(err, MOEC_ERR_IO, "%s: not a regular file", p);
+    } else if (is_file(p)) {
         s = open_single(out, p, err);
     } else {
         sprintf(p, "%s/model.safetensors.index.json", path);

@@ -5,6 +5,7 @@
  * only once every one of them is complete and fsync'd.
  */
 #include "formats/safetensors.h"
+#include "core/fsutil.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -367,8 +368,10 @@ static moec_status create_tmp(const char *dir, const char *name, out_file *f, in
         snprintf(f->tmp_path, cap, "%s/.%s.tmp.%ld.%u", dir, name, (long)getpid(),
                  __atomic_fetch_add(&counter, 1, __ATOMIC_RELAXED));
         *fd = open(f->tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-        if (*fd >= 0)
+        if (*fd >= 0) {
+            moec_tmp_track(f->tmp_path);
             return MOEC_OK;
+        }
         if (errno != EEXIST || attempt > 100) {
             moec_status s = moec_err_set(err, MOEC_ERR_IO, "%s: cannot create: %s",
                                          f->tmp_path, strerror(errno));
@@ -530,7 +533,7 @@ moec_status moec_st_writer_write(moec_st_writer *w, const char *dir, size_t shar
         s = write_index(v, n, shard_of, nshards, total, &files[nfiles++], dir, err);
 
     for (size_t k = 0; k < nfiles && !s; k++) {
-        if (rename(files[k].tmp_path, files[k].final_path) != 0)
+        if (moec_tmp_rename(files[k].tmp_path, files[k].final_path) != 0)
             s = moec_err_set(err, MOEC_ERR_IO, "%s: cannot rename into place: %s",
                              files[k].final_path, strerror(errno));
         else
@@ -544,8 +547,10 @@ done:
     for (size_t k = 0; k < nfiles; k++) {
         if (s && files[k].renamed)
             unlink(files[k].final_path);
-        else if (s && files[k].tmp_path)
+        else if (s && files[k].tmp_path) {
             unlink(files[k].tmp_path);
+            moec_tmp_untrack(files[k].tmp_path);
+        }
         free(files[k].final_path);
         free(files[k].tmp_path);
     }

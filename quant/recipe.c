@@ -14,6 +14,7 @@
 
 #include "core/dtype.h"
 #include "core/fsutil.h"
+#include "model/check.h"
 #include "model/model_moec.h"
 #include "quant/gptq.h"
 #include "quant/quant_internal.h"
@@ -1450,12 +1451,17 @@ moec_status moec_quant_model(const moec_model *src, const moec_quant_calib *cal,
     }
     if ((st = moec_model_derive(&R.work, src, err)) || (st = moec_model_derive(&R.out, src, err)))
         goto done;
+    /* NaN/Inf weights fail here naming the tensor, layer by layer below */
+    if ((st = moec_model_check_finite_layer(src, -1, err)))
+        goto done;
     if (r->embed_bits) {
         progress(&R, "embeddings", -1);
         if ((st = quant_embeddings(&R, err)))
             goto done;
     }
     for (int l = 0; l < src->cfg.n_layers && !st; l++) {
+        if ((st = moec_model_check_finite_layer(src, l, err)))
+            break;
         if (r->attn && (st = quant_attention(&R, l, err)))
             break;
         st = src->layers[l].n_experts ? moe_layer_run(&R, l, err) : quant_dense(&R, l, err);

@@ -463,6 +463,54 @@ static void test_file_round_trip_and_damage(void **state)
     moec_model_close(m);
 }
 
+/* A well-formed header (checksums right) that claims a ~200 MB payload
+ * behind a zstd frame that only says so: refused as truncated, with the
+ * output buffer grown only as far as the frame really decodes (found by
+ * reading the reader: it used to allocate the claimed size first). */
+static void test_payload_claim_beyond_data(void **state)
+{
+    (void)state;
+    enum { E = 2048, D = 4096 };
+    unsigned char h[108] = {0};
+    memcpy(h, "MOECSTAT", 8);
+    const uint32_t u32[][2] = {{8, 1}, {12, sizeof h}, {16, 1}, {20, 0}, {24, 0}, {28, D}, {32, 2},
+                               {36, 8}, {40, 16}, {44, 0}, {96, E}};
+    for (size_t i = 0; i < sizeof u32 / sizeof *u32; i++)
+        for (int k = 0; k < 4; k++)
+            h[u32[i][0] + k] = (unsigned char)(u32[i][1] >> (8 * k));
+    /* the payload the shapes imply, as docs/stats.md lists the arrays */
+    const uint64_t pbytes = 8 * (2 + 8 * (uint64_t)E + 2 * (uint64_t)E * E + 2 * (uint64_t)E * D + 2 * (uint64_t)D);
+    /* a zstd frame header promising pbytes (8-byte content size), then one
+     * last raw block of one byte */
+    unsigned char frame[17] = {0x28, 0xB5, 0x2F, 0xFD, 0xC0 /* 8-byte content size */, 0x50 /* 1 MiB window */};
+    for (int k = 0; k < 8; k++)
+        frame[6 + k] = (unsigned char)(pbytes >> (8 * k));
+    frame[14] = 0x09; /* last block, raw, size 1 */
+    unsigned char file[sizeof h + sizeof frame + 1];
+    const uint64_t put64[][2] = {{64, pbytes}, {72, sizeof frame + 1}, {80, 0},
+                                 {88, XXH3_64bits(frame, sizeof frame)}};
+    memcpy(file + sizeof h, frame, sizeof frame);
+    file[sizeof h + sizeof frame] = 0x42;
+    for (size_t i = 0; i < sizeof put64 / sizeof *put64; i++)
+        for (int k = 0; k < 8; k++)
+            h[put64[i][0] + k] = (unsigned char)(put64[i][1] >> (8 * k));
+    /* the compressed checksum covers the stored bytes, the one-byte block too */
+    memcpy(file, h, sizeof h);
+    const uint64_t csum = XXH3_64bits(file + sizeof h, sizeof frame + 1);
+    for (int k = 0; k < 8; k++)
+        h[88 + k] = (unsigned char)(csum >> (8 * k));
+    const uint64_t hsum = XXH3_64bits(h, sizeof h - 8);
+    for (int k = 0; k < 8; k++)
+        h[sizeof h - 8 + k] = (unsigned char)(hsum >> (8 * k));
+    memcpy(file, h, sizeof h);
+    moec_stats *s = (moec_stats *)1;
+    moec_err err = {0};
+    assert_int_equal(moec_stats_load_mem(&s, file, sizeof file, "claim.stats", &err), MOEC_ERR_FORMAT);
+    assert_null(s);
+    if (!strstr(err.msg, "claim.stats: corrupt statistics file: payload"))
+        fail_msg("%s", err.msg);
+}
+
 /* ---- belonging to a model ---- */
 
 static void test_other_models_refused(void **state)
@@ -665,6 +713,7 @@ int main(void)
         cmocka_unit_test(test_against_direct_computation),
         cmocka_unit_test(test_budget_shares),
         cmocka_unit_test(test_file_round_trip_and_damage),
+        cmocka_unit_test(test_payload_claim_beyond_data),
         cmocka_unit_test(test_other_models_refused),
         cmocka_unit_test(test_never_routed_expert),
         cmocka_unit_test(test_non_finite_refused),

@@ -1,4 +1,5 @@
 /* HF config.json -> moec_config for each architecture, and the refusals. */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -168,6 +169,71 @@ static void test_nonuniform_round_trip(void **state)
     free(orig);
 }
 
+/* Found by fuzzing (tests/fuzz/regress/config): keys written back must read
+ * back as written, whatever the original's spelling and repetitions. */
+static void test_writer_with_odd_originals(void **state)
+{
+    (void)state;
+    moec_err err = {0};
+    char *out;
+    /* a key differing only in case: cJSON's case-blind lookup once made the
+     * update fail (leaking the value and leaving the real key stale) */
+    const char *odd = "{\"architectures\":[\"OlmoeForCausalLM\"],\"vocab_size\":50,\"hidden_size\":16,"
+                      "\"num_hidden_layers\":2,\"num_attention_heads\":4,\"intermediate_size\":8,"
+                      "\"num_experts\":4,\"Num_experts_per_tok\":3,\"num_experts_per_tok\":2}";
+    moec_config c = parse_ok(odd);
+    assert_int_equal(c.top_k, 2);
+    c.top_k = 3;
+    assert_int_equal(moec_config_to_hf_json(&c, odd, &out, &err), MOEC_OK);
+    assert_int_equal(parse_ok(out).top_k, 3);
+    free(out);
+    /* a repeated key: readers take the first; the writer must update that one
+     * and not expose the second */
+    const char *rep = "{\"architectures\":[\"Qwen3MoeForCausalLM\"],\"vocab_size\":50,\"hidden_size\":16,"
+                      "\"num_hidden_layers\":2,\"num_attention_heads\":4,\"moe_intermediate_size\":8,"
+                      "\"num_experts\":4,\"norm_topk_prob\":false,\"norm_topk_prob\":true,"
+                      "\"moec_layer_experts\":[4,4],\"moec_layer_experts\":[2,3]}";
+    c = parse_ok(rep);
+    assert_false(c.norm_topk);
+    assert_int_equal(moec_config_to_hf_json(&c, rep, &out, &err), MOEC_OK);
+    moec_config back = parse_ok(out);
+    assert_false(back.norm_topk);
+    assert_int_equal(back.layer_experts[0], 4);
+    assert_int_equal(back.layer_experts[1], 4);
+    free(out);
+}
+
+/* Values whose conversion to int was undefined, and sizes whose product
+ * overflowed int64. */
+static void test_hostile_numbers(void **state)
+{
+    (void)state;
+    const char *base = "{\"architectures\":[\"Qwen3MoeForCausalLM\"],\"vocab_size\":50,\"hidden_size\":16,"
+                       "\"num_hidden_layers\":2,\"num_attention_heads\":4,\"moe_intermediate_size\":8,"
+                       "\"num_experts\":4,";
+    char buf[1024];
+    snprintf(buf, sizeof buf, "%s\"bos_token_id\":2.7e81,\"eos_token_id\":[1e300],\"mlp_only_layers\":[1e300,-1e300]}",
+             base);
+    moec_config c = parse_ok(buf);
+    assert_int_equal(c.bos_token_id, -1);
+    assert_int_equal(c.eos_token_id, -1);
+    assert_int_equal(c.layer_experts[0], 4);
+    snprintf(buf, sizeof buf, "%s\"moec_layer_experts\":[2.5,4]}", base);
+    parse_err(buf, "moec_layer_experts");
+    /* 10^9 experts */
+    parse_err("{\"architectures\":[\"Qwen3MoeForCausalLM\"],\"vocab_size\":50,\"hidden_size\":16,"
+              "\"num_hidden_layers\":2,\"num_attention_heads\":4,\"moe_intermediate_size\":8,"
+              "\"num_experts\":1000000000}",
+              "num_experts");
+    /* the largest sizes each key allows: the parameter count saturates */
+    const char *big = "{\"architectures\":[\"Qwen3MoeForCausalLM\"],\"vocab_size\":16777216,"
+                      "\"hidden_size\":1048576,\"num_hidden_layers\":256,\"num_attention_heads\":4096,"
+                      "\"head_dim\":4096,\"moe_intermediate_size\":1048576,\"num_experts\":65536}";
+    c = parse_ok(big);
+    assert_true(moec_config_params_total(&c) == INT64_MAX);
+    assert_true(moec_config_params_active(&c) > 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -175,6 +241,8 @@ int main(void)
         cmocka_unit_test(test_qwen3moe),      cmocka_unit_test(test_qwen_dense_layers),
         cmocka_unit_test(test_olmoe),         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_nonuniform_round_trip),
+        cmocka_unit_test(test_writer_with_odd_originals),
+        cmocka_unit_test(test_hostile_numbers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -969,6 +969,22 @@ static void test_structural_checks(void **state)
             fail_msg("case %zu: got %s '%s', want '%s'", i, moec_status_name(s), err.msg,
                      cases[i].want);
     }
+
+    /* a zstd section claiming more than its stored bytes can decode to
+     * (32768x): tensor 6, F32 [24] in ~60 stored bytes, made [4M] with a
+     * 16 MiB section in one 1 GiB chunk; refused at open, before anything is
+     * sized by it */
+    size_t e6 = tensor_entry(good, 6);
+    assert_int_equal(good[e6 + 56 + 1], MOEC_ENCODING_ZSTD);
+    memcpy(b, good, n);
+    set_le(b + e6 + 24, 1u << 22, 8);
+    set_le(b + e6 + 56 + 24, 4ull << 22, 8);
+    set_le(b + e6 + 56 + 4, 1u << 30, 4); /* one chunk: the chunk-count rule cannot see it */
+    reseal(b, n);
+    assert_int_equal(moec_container_open_mem(b, n, "sealed", MOEC_CONTAINER_LAZY_VERIFY, &c, &err),
+                     MOEC_ERR_FORMAT);
+    if (!strstr(err.msg, "cannot come from"))
+        fail_msg("%s", err.msg);
     free(b);
     free(good);
 }

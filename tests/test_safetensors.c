@@ -628,6 +628,49 @@ static void test_failed_write_leaves_nothing(void **state)
     moec_st_writer_free(w);
 }
 
+/* A shard image in memory: length field, header, data bytes. */
+static uint8_t *image(const char *header, size_t data_len, size_t *size)
+{
+    size_t h = strlen(header);
+    *size = 8 + h + data_len;
+    uint8_t *b = calloc(1, *size);
+    assert_non_null(b);
+    for (int i = 0; i < 8; i++)
+        b[i] = (uint8_t)((uint64_t)h >> (8 * i));
+    memcpy(b + 8, header, h);
+    return b;
+}
+
+/* The index checks on images in memory (the fuzzer's entry point) agree
+ * with the files': same validation, a missing shard is a missing file. */
+static void test_index_in_memory(void **state)
+{
+    (void)state;
+    size_t na, nb;
+    uint8_t *a = image("{\"w1\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4, &na);
+    uint8_t *b = image("{\"w2\":{\"dtype\":\"BF16\",\"shape\":[2],\"data_offsets\":[0,4]}}", 4, &nb);
+    moec_st_image img[2] = {{"a.safetensors", a, na}, {"b.safetensors", b, nb}};
+    const char *ok = "{\"weight_map\": {\"w1\": \"a.safetensors\", \"w2\": \"b.safetensors\"}}";
+    moec_safetensors *st;
+    moec_err err = {0};
+    assert_int_equal(moec_st_open_index_memory(&st, ok, strlen(ok), "mem", img, 2, &err), MOEC_OK);
+    assert_int_equal(moec_st_count(st), 2);
+    assert_non_null(moec_st_find(st, "w2"));
+    moec_st_close(st);
+    const char *missing = "{\"weight_map\": {\"w1\": \"a.safetensors\", \"w2\": \"c.safetensors\"}}";
+    assert_int_equal(moec_st_open_index_memory(&st, missing, strlen(missing), "mem", img, 2, &err), MOEC_ERR_IO);
+    assert_non_null(strstr(err.msg, "mem/c.safetensors"));
+    assert_null(st);
+    const char *wrong = "{\"weight_map\": {\"w1\": \"b.safetensors\", \"w2\": \"b.safetensors\"}}";
+    assert_int_equal(moec_st_open_index_memory(&st, wrong, strlen(wrong), "mem", img, 2, &err), MOEC_ERR_FORMAT);
+    assert_non_null(strstr(err.msg, "weight_map lists tensor 'w1'"));
+    const char *escape = "{\"weight_map\": {\"w1\": \"../a.safetensors\"}}";
+    assert_int_equal(moec_st_open_index_memory(&st, escape, strlen(escape), "mem", img, 2, &err), MOEC_ERR_FORMAT);
+    assert_int_equal(moec_st_open_index_memory(&st, ok, strlen(ok) - 1, "mem", img, 2, &err), MOEC_ERR_FORMAT);
+    free(a);
+    free(b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -642,6 +685,7 @@ int main(void)
         cmocka_unit_test(test_bad_indexes),
         cmocka_unit_test(test_writer_rejects),
         cmocka_unit_test(test_failed_write_leaves_nothing),
+        cmocka_unit_test(test_index_in_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -509,6 +509,21 @@ static void test_load_errors(void **state)
                       MOEC_ERR_FORMAT, "model.vocab[\"a\"]");
     expect_load_error("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [\"abc\"]}}",
                       MOEC_ERR_FORMAT, "model.merges[0]");
+    /* invalid UTF-8 anywhere in the file: a Replace normalizer whose
+     * content is 0xFF bytes put them into text that PCRE2 matched without
+     * checking, and it read past the text (found by fuzzing) */
+    expect_load_error("{\"normalizer\": {\"type\": \"Replace\", \"pattern\": {\"Regex\": \"a\"}, "
+                      "\"content\": \"\xff\xff\"}, \"pre_tokenizer\": {\"type\": \"Split\", \"pattern\": "
+                      "{\"Regex\": \"\\\\w+\"}, \"behavior\": \"Isolated\", \"invert\": false}, "
+                      "\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}}",
+                      MOEC_ERR_FORMAT, "not valid UTF-8 (byte 0xFF at offset");
+    /* ids far beyond the tokens defined: the id table would be sized by the
+     * claim (16M entries for one token), not by the file */
+    expect_load_error("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 16000000}, \"merges\": []}}",
+                      MOEC_ERR_FORMAT, "far beyond");
+    expect_load_error("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}}, \"added_tokens\": "
+                      "[{\"id\": 9000000, \"content\": \"<x>\", \"special\": true}]}",
+                      MOEC_ERR_FORMAT, "far beyond");
 
     /* the fixture cut in half */
     size_t len;

@@ -3,6 +3,7 @@
 #include <cjson/cJSON.h>
 
 #include "core/fsutil.h"
+#include "model/check.h"
 #include "model/model.h"
 #include "tokenizer/tokenizer.h"
 
@@ -25,6 +26,11 @@ void cli_init(int argc, char **argv)
         const char *slash = strrchr(argv[0], '/');
         cli_prog = slash ? slash + 1 : argv[0];
     }
+    /* Ctrl-C (or SIGTERM, SIGHUP) removes the temporary output before the
+     * process ends, so no .tmp file or directory is left beside -o */
+    moec_err err = {0};
+    if (moec_cleanup_on_signals(&err))
+        cli_die_err(&err);
 }
 
 static void vline(const char *fmt, va_list ap)
@@ -111,14 +117,19 @@ struct moec_model *cli_open_model(const char *path)
     return m;
 }
 
+void cli_check_not_input(const struct moec_model *m, const char *out)
+{
+    moec_err err = {0};
+    if (moec_model_check_output(m, out, &err))
+        cli_die_err(&err);
+}
+
 struct moec_tokenizer *cli_model_tokenizer(const struct moec_model *m)
 {
-    if (!m->tokenizer_json)
-        cli_die("%s: no tokenizer.json", m->source ? m->source : "model");
     moec_err err = {0};
     moec_tokenizer *tok;
-    if (moec_tokenizer_load_json(&tok, m->tokenizer_json, m->tokenizer_json_len, &err))
-        cli_die("%s: %s", m->source ? m->source : "model", err.msg);
+    if (moec_model_tokenizer(m, &tok, &err)) /* also checks it against the embedding */
+        cli_die_err(&err);
     return tok;
 }
 

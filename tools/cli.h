@@ -49,6 +49,10 @@ void cli_check_output(const char *path, bool force);
 struct moec_model;
 struct moec_tokenizer;
 struct moec_model *cli_open_model(const char *path);
+/* Dies (exit 1) when writing `out` would replace or damage the model being
+ * read (the same path, a symlink or hard link to it, inside it, or holding
+ * it): called right after opening, before any long work. */
+void cli_check_not_input(const struct moec_model *m, const char *out);
 /* The tokenizer a model carries (tokenizer.json), or dies naming the model. */
 struct moec_tokenizer *cli_model_tokenizer(const struct moec_model *m);
 /* Prints a cJSON object to stdout and frees nothing. */

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "model/check.h"
 #include "eval/report.h"
 #include "exec/exec.h"
 #include "model/model.h"
@@ -116,6 +117,8 @@ int main(int argc, char **argv)
     moec_err err = {0};
     moec_model *m = cli_open_model(model_path);
     moec_model *b = base_path ? cli_open_model(base_path) : NULL;
+    if (moec_model_check_finite(m, &err) || (b && moec_model_check_finite(b, &err)))
+        cli_die_err(&err); /* names the tensor, rather than NaN perplexities */
     if (b && b->cfg.vocab_size != m->cfg.vocab_size)
         cli_die("--base has a vocabulary of %d, --model of %d", b->cfg.vocab_size, m->cfg.vocab_size);
     if (ctx > m->cfg.max_positions || (b && ctx > b->cfg.max_positions))

@@ -84,6 +84,7 @@ int main(int argc, char **argv)
 
     moec_err err = {0};
     moec_model *src = cli_open_model(src_path);
+    cli_check_not_input(src, out);
     moec_model *m;
     if (moec_model_derive(&m, src, &err))
         cli_die_err(&err);

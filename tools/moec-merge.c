@@ -218,6 +218,7 @@ int main(int argc, char **argv)
     const double t0 = cli_seconds();
     moec_err err = {0};
     moec_model *m = cli_open_model(model_path);
+    cli_check_not_input(m, out);
     moec_stats *stats = NULL;
     double calib_s = 0.0;
     if (stats_path) {

@@ -423,6 +423,7 @@ int main(int argc, char **argv)
 
     moec_err err = {0};
     moec_model *m = cli_open_model(model_path);
+    cli_check_not_input(m, out);
     if (ctx > m->cfg.max_positions)
         cli_die("--ctx %d exceeds the model's %d positions", ctx, m->cfg.max_positions);
     moec_quant_calib cal = {0};

@@ -91,5 +91,9 @@ moec_status moec_stats_check(const moec_stats *s, const moec_model *m, moec_err 
  * validation (magic, version, sizes, checksum). */
 moec_status moec_stats_save(const moec_stats *s, const char *path, moec_err *err);
 moec_status moec_stats_load(moec_stats **out, const char *path, moec_err *err);
+/* The same on a file image in memory (size bytes at data, not kept);
+ * label names it in messages. */
+moec_status moec_stats_load_mem(moec_stats **out, const void *data, size_t size, const char *label,
+                                moec_err *err);
 
 #endif

@@ -78,6 +78,68 @@ done:
     return st;
 }
 
+moec_status moec_mc_parse(const char *data, size_t len, const char *label, const moec_tokenizer *tok,
+                          moec_mc_item **items, size_t *n_items, moec_err *err)
+{
+    *items = NULL;
+    *n_items = 0;
+    if (!label)
+        label = "<memory>";
+    if (!data && len)
+        return moec_err_set(err, MOEC_ERR_ARG, "%s: NULL data", label);
+    /* one private NUL-terminated copy, cut into lines in place */
+    char *text = malloc(len + 1);
+    if (!text)
+        return moec_err_set(err, MOEC_ERR_NOMEM, "%s: out of memory", label);
+    if (len)
+        memcpy(text, data, len);
+    text[len] = '\0';
+    moec_status st = MOEC_OK;
+    size_t cap = 0, n = 0;
+    moec_mc_item *arr = NULL;
+    int line_no = 0;
+    for (size_t at = 0; at < len && st == MOEC_OK;) {
+        char *line = text + at;
+        char *nl = memchr(line, '\n', len - at);
+        size_t line_len = nl ? (size_t)(nl - line) : len - at;
+        at += line_len + 1;
+        line[line_len] = '\0';
+        line_no++;
+        if (memchr(line, '\0', line_len)) {
+            st = moec_err_set(err, MOEC_ERR_FORMAT, "%s:%d: contains a NUL byte; not JSON text", label, line_no);
+            break;
+        }
+        char *p = line;
+        while (*p == ' ' || *p == '\t' || *p == '\r')
+            p++;
+        if (!*p)
+            continue;
+        if (n == cap) {
+            cap = cap ? 2 * cap : 256;
+            moec_mc_item *na = realloc(arr, cap * sizeof *na);
+            if (!na) {
+                st = moec_err_set(err, MOEC_ERR_NOMEM, "out of memory");
+                break;
+            }
+            arr = na;
+        }
+        memset(&arr[n], 0, sizeof arr[n]);
+        n++;
+        if ((st = parse_item(p, tok, &arr[n - 1], err)))
+            moec_err_prefix(err, "%s:%d", label, line_no);
+    }
+    free(text);
+    if (st == MOEC_OK && n == 0)
+        st = moec_err_set(err, MOEC_ERR_FORMAT, "%s: no items", label);
+    if (st) {
+        moec_mc_free(arr, n);
+        return st;
+    }
+    *items = arr;
+    *n_items = n;
+    return MOEC_OK;
+}
+
 moec_status moec_mc_load(const char *path, const moec_tokenizer *tok, moec_mc_item **items, size_t *n_items,
                          moec_err *err)
 {
@@ -88,42 +150,7 @@ moec_status moec_mc_load(const char *path, const moec_tokenizer *tok, moec_mc_it
     moec_status st = moec_read_file(path, (size_t)1 << 30, &text, &len, err);
     if (st)
         return st;
-    size_t cap = 0, n = 0;
-    moec_mc_item *arr = NULL;
-    int line_no = 0;
-    for (char *line = text; line && *line && st == MOEC_OK;) {
-        char *nl = strchr(line, '\n');
-        if (nl)
-            *nl = '\0';
-        line_no++;
-        char *p = line;
-        while (*p == ' ' || *p == '\t' || *p == '\r')
-            p++;
-        if (*p) {
-            if (n == cap) {
-                cap = cap ? 2 * cap : 256;
-                moec_mc_item *na = realloc(arr, cap * sizeof *na);
-                if (!na) {
-                    st = moec_err_set(err, MOEC_ERR_NOMEM, "out of memory");
-                    break;
-                }
-                arr = na;
-            }
-            memset(&arr[n], 0, sizeof arr[n]);
-            n++;
-            if ((st = parse_item(p, tok, &arr[n - 1], err)))
-                moec_err_prefix(err, "%s:%d", path, line_no);
-        }
-        line = nl ? nl + 1 : NULL;
-    }
+    st = moec_mc_parse(text, len, path, tok, items, n_items, err);
     free(text);
-    if (st == MOEC_OK && n == 0)
-        st = moec_err_set(err, MOEC_ERR_FORMAT, "%s: no items", path);
-    if (st) {
-        moec_mc_free(arr, n);
-        return st;
-    }
-    *items = arr;
-    *n_items = n;
-    return MOEC_OK;
+    return st;
 }

@@ -11,6 +11,10 @@
  * Errors name the file and line. Free with moec_mc_free. */
 moec_status moec_mc_load(const char *path, const moec_tokenizer *tok, moec_mc_item **items, size_t *n_items,
                          moec_err *err);
+/* The same on JSONL text in memory (len bytes, need not be NUL-terminated;
+ * a NUL byte inside is an error); label names it in messages. */
+moec_status moec_mc_parse(const char *data, size_t len, const char *label, const moec_tokenizer *tok,
+                          moec_mc_item **items, size_t *n_items, moec_err *err);
 void moec_mc_free(moec_mc_item *items, size_t n_items);
 
 #endif

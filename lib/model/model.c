@@ -81,6 +81,42 @@ moec_status moec_model_resize_experts(moec_model *m, int layer, int n_experts, m
     return MOEC_OK;
 }
 
+int64_t moec_config_tensor_count(const moec_config *c)
+{
+    int64_t n = 2 + (c->tie_embeddings ? 0 : 1); /* embeddings, final norm, head */
+    for (int l = 0; l < c->n_layers; l++) {
+        n += 6; /* two norms, q, k, v, o */
+        n += c->qkv_bias ? 3 : 0;
+        n += c->qk_norm != MOEC_QK_NORM_NONE ? 2 : 0;
+        if (c->layer_experts[l] == 0) {
+            n += 3;
+            continue;
+        }
+        n += 1 + 3 * (int64_t)c->layer_experts[l]; /* router, experts */
+        if (c->shared_ffn > 0)
+            n += 3 + (c->shared_gate ? 1 : 0);
+    }
+    return n;
+}
+
+moec_status moec_config_check_tensor_count(const moec_config *c, size_t n_tensors, moec_err *err)
+{
+    /* a few missing tensors are reported one by one, by name, later; only a
+     * claim far beyond the file is refused here, before anything is sized
+     * by it */
+    int64_t need = moec_config_tensor_count(c);
+    if ((uint64_t)need <= 2 * (uint64_t)n_tensors + 64)
+        return MOEC_OK;
+    int max_e = 0;
+    for (int l = 0; l < c->n_layers; l++)
+        if (c->layer_experts[l] > max_e)
+            max_e = c->layer_experts[l];
+    return moec_err_set(err, MOEC_ERR_FORMAT,
+                        "config.json describes %lld tensors (%d layers, up to %d experts each) but the checkpoint "
+                        "holds only %zu",
+                        (long long)need, c->n_layers, max_e, n_tensors);
+}
+
 moec_status moec_model_new_empty(moec_model **out, const moec_config *cfg, moec_err *err)
 {
     moec_model *m = calloc(1, sizeof *m);

@@ -90,6 +90,16 @@ typedef struct moec_model {
 moec_status moec_model_open(moec_model **out, const char *path, moec_err *err);
 void moec_model_close(moec_model *m);
 
+/* Tensors a checkpoint of config c must hold (the head counted when untied),
+ * from the config alone. Readers compare it with what the file holds before
+ * they allocate anything the config sizes, so a config claiming 10^9
+ * experts is refused rather than allocated for. */
+int64_t moec_config_tensor_count(const moec_config *c);
+/* MOEC_ERR_FORMAT naming both counts when the config describes far more
+ * tensors than n_tensors (more than twice as many, plus 64); a few missing
+ * tensors are left to the binding, which names each. */
+moec_status moec_config_check_tensor_count(const moec_config *c, size_t n_tensors, moec_err *err);
+
 /* An empty model of the given config: layers and expert arrays allocated,
  * every tensor absent. Builders (containers, tests) fill the views. */
 moec_status moec_model_new_empty(moec_model **out, const moec_config *cfg, moec_err *err);

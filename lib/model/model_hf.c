@@ -12,6 +12,7 @@
 
 #include "core/fsutil.h"
 #include "formats/safetensors.h"
+#include "model/check.h"
 #include "model/model_moec.h"
 
 /* ---- open ---- */
@@ -93,15 +94,29 @@ moec_status moec_model_open(moec_model **out, const char *path, moec_err *err)
     moec_config cfg;
     st = moec_config_parse_hf(&cfg, config_text, err);
     if (st) {
-        moec_err_prefix(err, "%s/config.json", path);
+        moec_err_prefix(err, "%s", path); /* the message starts "config.json: " */
+        free(config_text);
+        return st;
+    }
+    /* the file's own tensor count bounds what the config may size */
+    moec_safetensors *sf;
+    if ((st = moec_st_open(&sf, path, err))) {
+        free(config_text);
+        return st;
+    }
+    if ((st = moec_config_check_tensor_count(&cfg, moec_st_count(sf), err))) {
+        moec_err_prefix(err, "%s", path);
+        moec_st_close(sf);
         free(config_text);
         return st;
     }
     moec_model *m;
     if ((st = moec_model_new_empty(&m, &cfg, err))) {
+        moec_st_close(sf);
         free(config_text);
         return st;
     }
+    m->st = sf;
     m->config_json = config_text;
     m->source = strdup(path);
     if (!m->source) {
@@ -113,8 +128,6 @@ moec_status moec_model_open(moec_model **out, const char *path, moec_err *err)
     for (int i = 0; i < MOEC_N_SIDE_FILES; i++)
         if ((st = load_text_file(path, moec_side_file_names[i], &m->side[i].data, &m->side[i].len, false, err)))
             goto fail;
-    if ((st = moec_st_open(&m->st, path, err)))
-        goto fail;
     m->file_bytes = moec_st_file_bytes(m->st);
 
     size_t n = moec_st_count(m->st);
@@ -168,8 +181,10 @@ moec_status moec_model_save_hf(const moec_model *m, const char *out_dir, size_t 
                                moec_err *err)
 {
     char tmp[4096];
-    moec_status st = moec_tmpdir_beside(out_dir, tmp, sizeof tmp, overwrite, err);
+    moec_status st = moec_model_check_output(m, out_dir, err);
     if (st)
+        return st;
+    if ((st = moec_tmpdir_beside(out_dir, tmp, sizeof tmp, overwrite, err)))
         return st;
 
     char *config = NULL;

@@ -2,11 +2,14 @@
  * tensors such a model holds. */
 #include "model/model_moec.h"
 
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "formats/container.h"
+#include "model/check.h"
 #include "core/qformat.h"
 
 /* ---- quantized tensors owned by a model ---- */
@@ -181,8 +184,10 @@ moec_status moec_model_save_moec(const moec_model *m, const char *path, const mo
         wo.zstd_level = o->zstd_level;
     moec_container_writer *w = NULL;
     char *config = NULL;
-    moec_status st = moec_container_writer_new(&wo, &w, err);
+    moec_status st = moec_model_check_output(m, path, err);
     if (st)
+        return st;
+    if ((st = moec_container_writer_new(&wo, &w, err)))
         return st;
     /* per-tensor quantization lives in the tensor entries; the config keeps
      * only what HF knows (expert counts as stored) */
@@ -368,12 +373,12 @@ static bool looks_like_container(const char *path)
 {
     static const unsigned char magic[8] = {'M', 'O', 'E', 'C', '\r', '\n', 0x1a, '\n'};
     unsigned char head[8];
-    FILE *f = fopen(path, "rb");
-    if (!f)
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block */
+    if (fd < 0)
         return true;
-    size_t n = fread(head, 1, sizeof head, f);
-    fclose(f);
-    return n == sizeof head && memcmp(head, magic, sizeof head) == 0;
+    ssize_t n = read(fd, head, sizeof head);
+    close(fd);
+    return n == (ssize_t)sizeof head && memcmp(head, magic, sizeof head) == 0;
 }
 
 moec_status moec_model_open_moec(moec_model **out, const char *path, moec_err *err)
@@ -386,6 +391,14 @@ moec_status moec_model_open_moec(moec_model **out, const char *path, moec_err *e
     moec_status st = moec_container_open(path, 0, &ct, err);
     if (st)
         return st;
+    return moec_model_from_container(out, ct, path, err);
+}
+
+moec_status moec_model_from_container(moec_model **out, struct moec_container *ct, const char *path,
+                                      moec_err *err)
+{
+    *out = NULL;
+    moec_status st;
     char *config_text = NULL;
     moec_config cfg;
     if (!has_blob(ct, "config.json")) {
@@ -400,7 +413,9 @@ moec_status moec_model_open_moec(moec_model **out, const char *path, moec_err *e
         return st;
     }
     moec_model *m;
-    if ((st = moec_model_new_empty(&m, &cfg, err))) {
+    if ((st = moec_config_check_tensor_count(&cfg, moec_container_tensor_count(ct), err)) ||
+        (st = moec_model_new_empty(&m, &cfg, err))) {
+        moec_err_prefix(err, "%s", path);
         free(config_text);
         moec_container_close(ct);
         return st;

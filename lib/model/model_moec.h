@@ -47,6 +47,14 @@ moec_status moec_model_save_moec(const moec_model *m, const char *path, const mo
  * calls this for regular files. */
 moec_status moec_model_open_moec(moec_model **out, const char *path, moec_err *err);
 
+/* The model a container already open holds (the part of
+ * moec_model_open_moec after moec_container_open): ct is owned by the model
+ * on success and closed on failure. path names it in messages and becomes
+ * m->source. The fuzzer's entry point for containers held in memory. */
+struct moec_container;
+moec_status moec_model_from_container(moec_model **out, struct moec_container *ct, const char *path,
+                                      moec_err *err);
+
 struct moec_qformat;
 
 /* Makes *t (a slot of m, e.g. &m->layers[l].experts[e].w1) a MOEC_DT_QUANT

@@ -465,10 +465,12 @@ moec_status tok_bpe_encode(const tok_bpe *b, tok_bpe_scratch *sc, const char *w,
     bool cacheable = n < CACHE_MAX_WORD;
     if (cacheable) {
         const uint64_t *hit = tok_strmap_get(&sc->cache, w, n);
-        if (hit)
-            return tok_ids_put(out, sc->cache_ids.v + (*hit >> 32), (size_t)(*hit & 0xFFFFFFFFu))
-                       ? MOEC_OK
-                       : oom(err);
+        if (hit) {
+            const size_t cnt = (size_t)(*hit & 0xFFFFFFFFu);
+            if (cnt == 0)
+                return MOEC_OK; /* a word of no ids; cache_ids.v may be NULL */
+            return tok_ids_put(out, sc->cache_ids.v + (*hit >> 32), cnt) ? MOEC_OK : oom(err);
+        }
     }
     size_t nsym;
     moec_status st = initial_symbols(b, sc, w, n, &nsym, err);
@@ -483,7 +485,9 @@ moec_status tok_bpe_encode(const tok_bpe *b, tok_bpe_scratch *sc, const char *w,
             return oom(err);
     if (cacheable && sc->cache_ids.n < UINT32_MAX / 2) {
         uint64_t off = sc->cache_ids.n, cnt = out->n - start;
-        if (!tok_ids_put(&sc->cache_ids, out->v + start, cnt) ||
+        /* a word may give no ids at all (every symbol unknown, no unk):
+         * out->v may then still be NULL */
+        if ((cnt && !tok_ids_put(&sc->cache_ids, out->v + start, cnt)) ||
             !tok_strmap_put(&sc->cache, w, n, (off << 32) | cnt, false))
             return oom(err);
     }

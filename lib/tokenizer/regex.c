@@ -30,8 +30,12 @@ moec_status tok_regex_compile(tok_regex *rx, const char *pat, bool literal, cons
                             (size_t)at, (const char *)msg);
     }
     /* JIT makes the split regex several times faster; the interpreter is
-     * the fallback where JIT is unavailable. */
+     * the fallback where JIT is unavailable. Fuzzing builds use the
+     * interpreter: compiling machine code for every tokenizer loaded (and a
+     * JIT stack mapped for every encode) would take most of their time. */
+#ifndef FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION
     (void)pcre2_jit_compile(rx->code, PCRE2_JIT_COMPLETE);
+#endif
     return MOEC_OK;
 }
 
@@ -76,10 +80,14 @@ static moec_status ensure_match_data(tok_rx_scratch *sc, moec_err *err)
     /* one ovector pair: only the whole match is needed */
     sc->md = pcre2_match_data_create(1, NULL);
     sc->mc = pcre2_match_context_create(NULL);
+#ifndef FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION
     sc->js = pcre2_jit_stack_create(32 * 1024, 4 * 1024 * 1024, NULL);
-    if (!sc->md || !sc->mc || !sc->js)
+    if (!sc->js)
         return moec_err_set(err, MOEC_ERR_NOMEM, "regex match: out of memory");
     pcre2_jit_stack_assign(sc->mc, NULL, sc->js);
+#endif
+    if (!sc->md || !sc->mc)
+        return moec_err_set(err, MOEC_ERR_NOMEM, "regex match: out of memory");
     return MOEC_OK;
 }
 

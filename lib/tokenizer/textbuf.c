@@ -204,6 +204,8 @@ int tok_utf8_put(char *out, uint32_t cp)
 bool tok_utf8_lossy(tok_buf *out, const char *str, size_t n)
 {
     static const char fffd[3] = { (char)0xEF, (char)0xBF, (char)0xBD };
+    if (n == 0)
+        return true; /* str may be NULL (no tokens to decode): no pointer arithmetic on it */
     const unsigned char *s = (const unsigned char *)str;
     size_t i = 0, run = 0; /* valid bytes [run, i) not yet copied */
     while (i < n) {

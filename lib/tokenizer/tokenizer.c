@@ -84,6 +84,13 @@ static moec_status build_tables(moec_tokenizer *tok, moec_err *err)
     }
     if (max_id < 0)
         return moec_err_set(err, MOEC_ERR_FORMAT, "model.vocab: empty vocabulary");
+    /* ids are dense in real tokenizers; a sparse one would make the id
+     * table the file's claim rather than its contents */
+    const size_t entries = vocab->n + tok->added.n;
+    if ((size_t)max_id >= 4 * entries + 65536)
+        return moec_err_set(err, MOEC_ERR_FORMAT,
+                            "model.vocab: id %d is far beyond the %zu tokens defined (ids must be about dense)",
+                            max_id, entries);
     tok->vocab_size = max_id + 1;
     tok->by_id = calloc((size_t)tok->vocab_size, sizeof *tok->by_id);
     if (!tok->by_id)
@@ -128,6 +135,15 @@ static moec_status load_named(moec_tokenizer **out, const char *json, size_t len
     *out = NULL;
     if (!json)
         return moec_err_set(err, MOEC_ERR_ARG, "%s: no JSON text given", name);
+    /* JSON is UTF-8, and every string of the file may end up inside text
+     * (vocabulary, Replace contents, added tokens) that PCRE2 later matches
+     * without re-checking; cJSON passes invalid bytes through, so check the
+     * whole text here (found by fuzzing: a Replace content of 0xFF bytes
+     * sent PCRE2 reading past the subject). */
+    size_t bad = tok_utf8_check(json, len);
+    if (bad != len)
+        return moec_err_set(err, MOEC_ERR_FORMAT, "%s: not valid UTF-8 (byte 0x%02X at offset %zu)", name,
+                            (unsigned char)json[bad], bad);
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(json, len, &end, 0);
     if (!root) {

@@ -1,33 +1,23 @@
-/* fuzz_container.c - libFuzzer target for the .moec container reader.
+/* fuzz_container.c - libFuzzer target for the .moec container reader:
+ * header, directory, section table, zstd chunk tables and frames, blobs.
  *
  * Opens arbitrary bytes with moec_container_open_mem, eagerly and lazily
  * verified, and for every tensor it accepts reads every section whole and in
  * a part straddling a chunk boundary, touches raw views and blobs, so a view
  * or a decode reaching outside the input shows up under AddressSanitizer.
  *
- * Built with FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION the reader accepts any
- * checksum; otherwise nearly every mutation would stop at the first
- * checksum and the parsing behind it would never be exercised. Not built by
- * CMake. From the repository root:
- *
- *   clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE \
- *     -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION -Ilib -I. \
- *     tests/fuzz/fuzz_container.c formats/container_read.c formats/container_sizes.c \
- *     lib/core/error.c -lzstd -lxxhash -o fuzz_container
- *   mkdir -p corpus   # seeds: the containers test_container leaves in its build dir
- *   find build/tmp-tests -type f -name '*.moec' -size +100c -exec cp --backup=numbered {} corpus/ \;
- *   ./fuzz_container -max_len=16384 corpus
- */
+ * Built with FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION (CMake's MOEC_FUZZ
+ * build) the reader accepts any checksum; otherwise nearly every mutation
+ * would stop at the first checksum and the parsing behind it would never be
+ * exercised. Seeds (small containers with raw and multi-chunk zstd sections
+ * of every storage type, and blobs) in tests/fuzz/corpus/container. */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "formats/container.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-static volatile uint8_t sink;
+#include "fuzz_util.h"
 
 static void exercise(const moec_container *c)
 {
@@ -38,7 +28,7 @@ static void exercise(const moec_container *c)
             abort(); /* names are unique, so lookup must find this one */
         moec_tensor view;
         if (moec_container_tensor_view(c, i, &view, &err) == MOEC_OK)
-            sink ^= ((const uint8_t *)view.data)[view.nbytes - 1];
+            fuzz_sink ^= ((const uint8_t *)view.data)[view.nbytes - 1];
         for (int k = 0; k < ti->n_sections; k++) {
             const moec_csection_info *si = &ti->sections[k];
             const void *p;
@@ -50,7 +40,7 @@ static void exercise(const moec_container *c)
                 continue;
             if (n != si->size)
                 abort();
-            sink ^= ((const uint8_t *)p)[0] ^ ((const uint8_t *)p)[n - 1];
+            fuzz_sink ^= ((const uint8_t *)p)[0] ^ ((const uint8_t *)p)[n - 1];
             uint64_t off = si->chunk_size ? si->chunk_size - 1 : n / 2;
             if (off < n) {
                 size_t len = n - off < 3 ? (size_t)(n - off) : 3;
@@ -68,7 +58,7 @@ static void exercise(const moec_container *c)
         size_t n;
         if (moec_container_blob(c, moec_container_blob_name(c, i), &p, &n, &err) == MOEC_OK &&
             n)
-            sink ^= ((const uint8_t *)p)[0] ^ ((const uint8_t *)p)[n - 1];
+            fuzz_sink ^= ((const uint8_t *)p)[0] ^ ((const uint8_t *)p)[n - 1];
     }
 }
 
