@@ -14,6 +14,7 @@
 #include "core/fsutil.h"
 #include "model/model.h"
 #include "model/model_moec.h"
+#include "quant/gguf_presets.h"
 #include "quant/recipe.h"
 #include "tokenizer/tokenizer.h"
 
@@ -65,6 +66,16 @@ static const char usage[] =
     "                     recorded in the report; evaluate with the same setting\n"
     "  --verify-tokens N  calibration tokens compared with the original at the end (default 8192;\n"
     "                     0 skips)\n"
+    "  --grid T           llama.cpp block type for the routed experts, shared expert and dense MLPs\n"
+    "                     (q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k): each block's\n"
+    "                     scales (and mins) are chosen as the type stores them, then the method\n"
+    "                     (GPTQ's error feedback, or RTN) quantizes on that grid; the .moec keeps the\n"
+    "                     blocks and moec-export --gguf copies them as they are. With --attn, the\n"
+    "                     attention projections take T too. Not with --avg-bits\n"
+    "  --embed-grid T     with --grid: embeddings and lm_head in type T by round-to-nearest\n"
+    "  --preset P         llama.cpp's per-tensor types of P (Q4_K_M, Q3_K_M, Q2_K: which tensors\n"
+    "                     take Q6_K, Q5_K, ..., as llama-quantize chooses them for MoE models) for\n"
+    "                     every weight matrix, embeddings and head included; --bits is then optional\n"
     "  -o OUT.moec        output container (report stored inside as report.json)\n"
     "  --force            replace OUT.moec if it exists\n"
     "  --json             print the report as JSON on stdout\n"
@@ -146,7 +157,8 @@ int main(int argc, char **argv)
     enum {
         OPT_BITS = 256, OPT_GROUP, OPT_METHOD, OPT_SYM, OPT_CLIP, OPT_ACTORDER, OPT_DAMP, OPT_TEXT, OPT_STATS,
         OPT_TOKENS, OPT_CTX, OPT_ATTN, OPT_ATTN_BITS, OPT_EMBED_BITS, OPT_AVG, OPT_CHOICES, OPT_ALLOC, OPT_DIV, OPT_MCOBJ, OPT_EAQ,
-        OPT_SALPHA, OPT_NOALIGN, OPT_BALMIN, OPT_NOBAL, OPT_ACTBITS, OPT_VERIFY, OPT_FORCE, OPT_JSON, OPT_THREADS, OPT_QUIET
+        OPT_SALPHA, OPT_NOALIGN, OPT_BALMIN, OPT_NOBAL, OPT_ACTBITS, OPT_VERIFY, OPT_FORCE, OPT_JSON, OPT_THREADS, OPT_QUIET,
+        OPT_GRID, OPT_EGRID, OPT_PRESET
     };
     static const struct option opts[] = {
         {"bits", required_argument, 0, OPT_BITS},          {"group", required_argument, 0, OPT_GROUP},
@@ -165,6 +177,8 @@ int main(int argc, char **argv)
         {"verify-tokens", required_argument, 0, OPT_VERIFY}, {"force", no_argument, 0, OPT_FORCE},
         {"json", no_argument, 0, OPT_JSON},                {"threads", required_argument, 0, OPT_THREADS},
         {"quiet", no_argument, 0, OPT_QUIET},              {"output", required_argument, 0, 'o'},
+        {"grid", required_argument, 0, OPT_GRID},          {"embed-grid", required_argument, 0, OPT_EGRID},
+        {"preset", required_argument, 0, OPT_PRESET},
         {"help", no_argument, 0, 'h'},                     {0, 0, 0, 0}};
     const char **texts = calloc((size_t)argc, sizeof *texts);
     if (!texts)
@@ -177,6 +191,8 @@ int main(int argc, char **argv)
     int ctx = 256;
     bool have_bits = false, json = false, force = false, eaquant = false, no_align = false, have_salpha = false;
     bool have_choices = false, have_alloc = false, have_mcobj = false, have_balmin = false;
+    moec_gblock grid = MOEC_GB_NONE, embed_grid = MOEC_GB_NONE;
+    const char *preset = NULL;
     int c;
     while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
         switch (c) {
@@ -240,6 +256,19 @@ int main(int argc, char **argv)
         case OPT_JSON: json = true; break;
         case OPT_THREADS: r.threads = (int)cli_parse_long("--threads", optarg, 1, 256); break;
         case OPT_QUIET: cli_quiet = true; break;
+        case OPT_GRID:
+        case OPT_EGRID:
+            if (!moec_gblock_from_name(optarg))
+                cli_usage_error("%s: '%s' is not one of q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k",
+                                c == OPT_GRID ? "--grid" : "--embed-grid", optarg);
+            *(c == OPT_GRID ? &grid : &embed_grid) = moec_gblock_from_name(optarg);
+            break;
+        case OPT_PRESET:
+            /* llama.cpp's presets live in quant/gguf_presets.c; other names are moec's own recipes */
+            if (!moec_gplan_is_preset(optarg))
+                cli_usage_error("--preset: unknown preset '%s' (llama.cpp presets: Q4_K_M, Q3_K_M, Q2_K)", optarg);
+            preset = optarg;
+            break;
         case 'o': out = optarg; break;
         case 'h': fputs(usage, stdout); free(texts); return 0;
         default: cli_usage_error("unknown option");
@@ -250,8 +279,15 @@ int main(int argc, char **argv)
     if (optind + 1 < argc)
         cli_usage_error("unexpected argument '%s'", argv[optind + 1]);
     const char *model_path = argv[optind];
-    if (!have_bits)
+    if (!have_bits && !preset && !grid)
         cli_usage_error("missing --bits B");
+    if (preset && (grid || embed_grid))
+        cli_usage_error("--preset gives every tensor its type; it does not combine with --grid/--embed-grid");
+    if (embed_grid && !grid)
+        cli_usage_error("--embed-grid goes with --grid");
+    if ((grid || preset) && r.avg_bits > 0)
+        cli_usage_error("--avg-bits: a layer's experts share one type in llama.cpp's files, so per-expert widths do "
+                        "not combine with --grid/--preset");
     if (!out)
         cli_usage_error("missing -o OUT.moec");
     if (n_texts > 0 && stats_path)
@@ -307,6 +343,16 @@ int main(int argc, char **argv)
         cal.stats = stats;
     }
 
+    moec_gplan plan;
+    if (preset) {
+        if (moec_gplan_preset(&plan, &m->cfg, preset, &err))
+            cli_die_err(&err);
+        r.gplan = &plan;
+        r.attn = true;
+    } else if (grid) {
+        moec_gplan_uniform(&plan, &m->cfg, grid, r.attn ? grid : MOEC_GB_NONE, embed_grid, embed_grid);
+        r.gplan = &plan;
+    }
     moec_quant_report rep;
     moec_model *q = NULL;
     if (moec_quant_model(m, &cal, &r, &q, &rep, cli_quiet ? NULL : progress, NULL, &err))
