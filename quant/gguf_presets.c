@@ -6,7 +6,7 @@
 #include <string.h>
 #include <strings.h>
 
-typedef enum { P_Q4_K_M, P_Q3_K_M, P_Q2_K } preset;
+typedef enum { P_Q4_K_M, P_Q3_K_M, P_Q2_K, P_LEGACY } preset;
 
 static const struct {
     const char *name;
@@ -16,6 +16,11 @@ static const struct {
     {"Q4_K_M", P_Q4_K_M, MOEC_GB_Q4_K},
     {"Q3_K_M", P_Q3_K_M, MOEC_GB_Q3_K},
     {"Q2_K", P_Q2_K, MOEC_GB_Q2_K},
+    {"Q8_0", P_LEGACY, MOEC_GB_Q8_0},
+    {"Q4_0", P_LEGACY, MOEC_GB_Q4_0},
+    {"Q4_1", P_LEGACY, MOEC_GB_Q4_1},
+    {"Q5_0", P_LEGACY, MOEC_GB_Q5_0},
+    {"Q5_1", P_LEGACY, MOEC_GB_Q5_1},
 };
 
 bool moec_gplan_is_preset(const char *name)
@@ -69,7 +74,8 @@ moec_status moec_gplan_preset(moec_gplan *p, const moec_config *c, const char *n
         if (strcasecmp(name, presets[i].name) == 0)
             k = (int)i;
     if (k < 0)
-        return moec_err_set(err, MOEC_ERR_ARG, "unknown llama.cpp preset '%s' (Q4_K_M, Q3_K_M or Q2_K)",
+        return moec_err_set(err, MOEC_ERR_ARG,
+                            "unknown llama.cpp preset '%s' (Q4_K_M, Q3_K_M, Q2_K, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1)",
                             name ? name : "");
     memset(p, 0, sizeof *p);
     snprintf(p->name, sizeof p->name, "%s", presets[k].name);
@@ -78,8 +84,8 @@ moec_status moec_gplan_preset(moec_gplan *p, const moec_config *c, const char *n
     const int L = c->n_layers;
     const bool eight = c->n_experts == 8;
     const int gqa = c->n_kv_heads > 0 ? c->n_heads / c->n_kv_heads : 1;
-    /* output: Q6_K unless its rows do not fit a 256-block (then Q8_0) */
-    p->head = c->hidden_size % moec_gblock_info(D)->block ? MOEC_GB_Q8_0 : MOEC_GB_Q6_K;
+    /* output: Q6_K unless its rows do not fit the default type's block (then Q8_0); Q8_0 files keep Q8_0 */
+    p->head = D == MOEC_GB_Q8_0 || c->hidden_size % moec_gblock_info(D)->block ? MOEC_GB_Q8_0 : MOEC_GB_Q6_K;
     p->head = fit(p->head, c->hidden_size);
     p->embed = c->tie_embeddings ? p->head : fit(D, c->hidden_size);
     for (int l = 0; l < L; l++) {
@@ -95,6 +101,9 @@ moec_status moec_gplan_preset(moec_gplan *p, const moec_config *c, const char *n
             o = MOEC_GB_Q4_K;
             down = l < L / 16 ? MOEC_GB_Q5_K : MOEC_GB_Q4_K;
             break;
+        case P_LEGACY: /* the 32-block types: their type everywhere but the output */
+            v = D;
+            break;
         default: /* Q4_K_M */
             v = more_bits(l, L) ? MOEC_GB_Q6_K : D;
             down = more_bits(l, L) ? MOEC_GB_Q6_K : D;
@@ -103,7 +112,8 @@ moec_status moec_gplan_preset(moec_gplan *p, const moec_config *c, const char *n
         if (eight) {
             v = MOEC_GB_Q8_0;
             kk = MOEC_GB_Q8_0;
-            o = MOEC_GB_Q5_K;
+            if (P != P_LEGACY)
+                o = MOEC_GB_Q5_K;
         }
         set(p, c, l, MOEC_GS_Q, D);
         set(p, c, l, MOEC_GS_K, kk);

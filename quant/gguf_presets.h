@@ -10,7 +10,9 @@
  *   Q4_K_M    Q4_K     Q6_K if more_bits(l)         Q4_K    Q4_K         Q6_K if more_bits(l)       Q6_K
  *   Q3_K_M    Q3_K     Q5_K for l < 2, else Q4_K    Q3_K    Q4_K         Q5_K if l < L/16, else Q4_K Q6_K
  *   Q2_K      Q2_K     Q4_K if heads/kv >= 4, Q3_K  Q2_K    Q3_K         Q3_K                       Q6_K
- *   with 8 experts (Mixtral's shape): attn_v and attn_k Q8_0, attn_output Q5_K.
+ *   Q8_0, Q4_0, Q4_1, Q5_0, Q5_1: the type everywhere, output Q6_K (Q8_0 keeps Q8_0)
+ *   with 8 experts (Mixtral's shape): attn_v and attn_k Q8_0, attn_output Q5_K
+ *   (the k-quant presets).
  * more_bits(l) = l < L/8 || l >= 7L/8 || (l - L/8) % 3 == 2 (L layers). The
  * token embedding takes the default type (Q6_K like the output when tied);
  * attn_q, ffn_gate and ffn_up (routed, shared and dense alike) the default;
@@ -63,8 +65,9 @@ static inline moec_gblock moec_gplan_type(const moec_gplan *p, int layer, moec_g
     return p ? (moec_gblock)p->layer[layer][s] : MOEC_GB_NONE;
 }
 
-/* True for the names moec_gplan_preset knows ("Q4_K_M", "Q3_K_M", "Q2_K",
- * any case); other --preset names belong to moec's own recipes. */
+/* True for the names moec_gplan_preset knows (Q4_K_M, Q3_K_M, Q2_K, Q8_0,
+ * Q4_0, Q4_1, Q5_0, Q5_1; any case); other --preset names belong to moec's
+ * own recipes. */
 bool moec_gplan_is_preset(const char *name);
 
 /* Fills *p with the preset's types for a model of config c. Errors:

@@ -103,9 +103,10 @@ static moec_config config_of(const char *json)
     return c;
 }
 
-/* The presets against llama-quantize's choices, read off its files for
- * mixtral-tiny (8 experts, 4 layers) and qwen3moe-fine (32 experts, expert
- * FFN 128: ffn_down falls back from 256-blocks). */
+/* The presets against llama-quantize's choices, read off its files (its
+ * per-tensor types, listed with moec's GGUF reader) for mixtral-tiny (8
+ * experts, 4 layers) and qwen3moe-fine (32 experts, expert FFN 128:
+ * ffn_down falls back from 256-blocks). */
 static void test_presets(void **state)
 {
     (void)state;
@@ -143,6 +144,21 @@ static void test_presets(void **state)
           {T(Q2_K), T(Q8_0), T(Q8_0), T(Q5_K), T(Q2_K), T(Q2_K), T(Q3_K)},
           {T(Q2_K), T(Q8_0), T(Q8_0), T(Q5_K), T(Q2_K), T(Q2_K), T(Q3_K)},
           {T(Q2_K), T(Q8_0), T(Q8_0), T(Q5_K), T(Q2_K), T(Q2_K), T(Q3_K)}}},
+        {1, "Q4_0", T(Q4_0), T(Q6_K),
+         {{T(Q4_0), T(Q8_0), T(Q8_0), T(Q4_0), T(Q4_0), T(Q4_0), T(Q4_0)},
+          {T(Q4_0), T(Q8_0), T(Q8_0), T(Q4_0), T(Q4_0), T(Q4_0), T(Q4_0)},
+          {T(Q4_0), T(Q8_0), T(Q8_0), T(Q4_0), T(Q4_0), T(Q4_0), T(Q4_0)},
+          {T(Q4_0), T(Q8_0), T(Q8_0), T(Q4_0), T(Q4_0), T(Q4_0), T(Q4_0)}}},
+        {1, "Q8_0", T(Q8_0), T(Q8_0),
+         {{T(Q8_0), T(Q8_0), T(Q8_0), T(Q8_0), T(Q8_0), T(Q8_0), T(Q8_0)},
+          {T(Q8_0), T(Q8_0), T(Q8_0), T(Q8_0), T(Q8_0), T(Q8_0), T(Q8_0)},
+          {T(Q8_0), T(Q8_0), T(Q8_0), T(Q8_0), T(Q8_0), T(Q8_0), T(Q8_0)},
+          {T(Q8_0), T(Q8_0), T(Q8_0), T(Q8_0), T(Q8_0), T(Q8_0), T(Q8_0)}}},
+        {0, "Q4_1", T(Q4_1), T(Q6_K),
+         {{T(Q4_1), T(Q4_1), T(Q4_1), T(Q4_1), T(Q4_1), T(Q4_1), T(Q4_1)},
+          {T(Q4_1), T(Q4_1), T(Q4_1), T(Q4_1), T(Q4_1), T(Q4_1), T(Q4_1)},
+          {T(Q4_1), T(Q4_1), T(Q4_1), T(Q4_1), T(Q4_1), T(Q4_1), T(Q4_1)},
+          {T(Q4_1), T(Q4_1), T(Q4_1), T(Q4_1), T(Q4_1), T(Q4_1), T(Q4_1)}}},
         {0, "Q4_K_M", T(Q4_K), T(Q6_K),
          {{T(Q4_K), T(Q4_K), T(Q4_K), T(Q4_K), T(Q4_K), T(Q4_K), T(Q5_0)},
           {T(Q4_K), T(Q4_K), T(Q4_K), T(Q4_K), T(Q4_K), T(Q4_K), T(Q5_0)},

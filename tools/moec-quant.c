@@ -73,9 +73,10 @@ static const char usage[] =
     "                     blocks and moec-export --gguf copies them as they are. With --attn, the\n"
     "                     attention projections take T too. Not with --avg-bits\n"
     "  --embed-grid T     with --grid: embeddings and lm_head in type T by round-to-nearest\n"
-    "  --preset P         llama.cpp's per-tensor types of P (Q4_K_M, Q3_K_M, Q2_K: which tensors\n"
-    "                     take Q6_K, Q5_K, ..., as llama-quantize chooses them for MoE models) for\n"
-    "                     every weight matrix, embeddings and head included; --bits is then optional\n"
+    "  --preset P         llama.cpp's per-tensor types of P (Q4_K_M, Q3_K_M, Q2_K, Q8_0, Q4_0, Q4_1,\n"
+    "                     Q5_0, Q5_1: which tensors take Q6_K, Q5_K, ..., as llama-quantize chooses\n"
+    "                     them for MoE models) for every weight matrix, embeddings and head included;\n"
+    "                     --bits is then optional\n"
     "  -o OUT.moec        output container (report stored inside as report.json)\n"
     "  --force            replace OUT.moec if it exists\n"
     "  --json             print the report as JSON on stdout\n"
@@ -266,7 +267,8 @@ int main(int argc, char **argv)
         case OPT_PRESET:
             /* llama.cpp's presets live in quant/gguf_presets.c; other names are moec's own recipes */
             if (!moec_gplan_is_preset(optarg))
-                cli_usage_error("--preset: unknown preset '%s' (llama.cpp presets: Q4_K_M, Q3_K_M, Q2_K)", optarg);
+                cli_usage_error("--preset: unknown preset '%s' (llama.cpp presets: Q4_K_M, Q3_K_M, Q2_K, Q8_0, "
+                                "Q4_0, Q4_1, Q5_0, Q5_1)", optarg);
             preset = optarg;
             break;
         case 'o': out = optarg; break;
