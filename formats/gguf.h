@@ -109,9 +109,12 @@ bool moec_gguf_get_bool(const moec_gguf *g, const char *key, bool *v);
 bool moec_gguf_get_str(const moec_gguf *g, const char *key, const char **s, size_t *len);
 /* An array: element type and count. */
 bool moec_gguf_get_arr(const moec_gguf *g, const char *key, moec_gguf_type *elem, uint64_t *count);
-/* Element i of an array of fixed-size elements (raw little-endian bytes of
- * the element's size), or of strings. */
-const void *moec_gguf_arr_data(const moec_gguf *g, const char *key);
+/* Element i of an array of fixed-size elements, copied into *out (as many
+ * bytes as the element type has: 4 for i32/u32/f32, ...; metadata in the
+ * file is not aligned, so no pointer to it is handed out); false when the
+ * key is not such an array or i is past its end. Element i of a string
+ * array: a pointer into the mapping and its length. */
+bool moec_gguf_arr_get(const moec_gguf *g, const char *key, uint64_t i, void *out);
 bool moec_gguf_arr_str(const moec_gguf *g, const char *key, uint64_t i, const char **s, size_t *len);
 
 size_t moec_gguf_tensor_count(const moec_gguf *g);

@@ -461,10 +461,14 @@ bool moec_gguf_get_arr(const moec_gguf *g, const char *key, moec_gguf_type *elem
     return kv != NULL;
 }
 
-const void *moec_gguf_arr_data(const moec_gguf *g, const char *key)
+bool moec_gguf_arr_get(const moec_gguf *g, const char *key, uint64_t i, void *out)
 {
     const gkv *kv = find_typed(g, key, MOEC_GGUF_ARRAY);
-    return kv && kv->elem != MOEC_GGUF_STRING ? g->base + kv->pos : NULL;
+    if (!kv || kv->elem == MOEC_GGUF_STRING || i >= kv->count)
+        return false;
+    const size_t es = scalar_size[kv->elem];
+    memcpy(out, g->base + kv->pos + i * es, es);
+    return true;
 }
 
 bool moec_gguf_arr_str(const moec_gguf *g, const char *key, uint64_t i, const char **s, size_t *len)

@@ -97,6 +97,13 @@ static uint32_t u32(const moec_gguf *g, const char *key)
     return v;
 }
 
+static int32_t arr_i32(const moec_gguf *g, const char *key, uint64_t i)
+{
+    int32_t v = -1;
+    assert_true(moec_gguf_arr_get(g, key, i, &v));
+    return v;
+}
+
 static void expect_str(const moec_gguf *g, const char *key, const char *want)
 {
     const char *s;
@@ -140,9 +147,8 @@ static void test_mixtral_layout(void **state)
     assert_true(moec_gguf_get_arr(g, "tokenizer.ggml.tokens", &et, &n) && et == MOEC_GGUF_STRING && n == 4096);
     assert_true(moec_gguf_get_arr(g, "tokenizer.ggml.merges", &et, &n) && et == MOEC_GGUF_STRING && n == 3839);
     assert_true(moec_gguf_get_arr(g, "tokenizer.ggml.token_type", &et, &n) && et == MOEC_GGUF_I32 && n == 4096);
-    const int32_t *tt = moec_gguf_arr_data(g, "tokenizer.ggml.token_type");
-    assert_int_equal(tt[4095], 3); /* <|endoftext|>: special added token = control */
-    assert_int_equal(tt[100], 1);
+    assert_int_equal(arr_i32(g, "tokenizer.ggml.token_type", 4095), 3); /* <|endoftext|>: special = control */
+    assert_int_equal(arr_i32(g, "tokenizer.ggml.token_type", 100), 1);
     const char *s;
     size_t len;
     assert_true(moec_gguf_arr_str(g, "tokenizer.ggml.tokens", 4095, &s, &len));
@@ -399,8 +405,6 @@ static void test_sentencepiece(void **state)
     moec_gguf_type et;
     uint64_t n;
     assert_true(moec_gguf_get_arr(g, "tokenizer.ggml.scores", &et, &n) && et == MOEC_GGUF_F32 && n == 300);
-    const float *sc = moec_gguf_arr_data(g, "tokenizer.ggml.scores");
-    const int32_t *tt = moec_gguf_arr_data(g, "tokenizer.ggml.token_type");
     /* the fixture's merges start "▁ h", "l l", "h e", "▁h e", "ll o" */
     int found = 0;
     for (uint64_t id = 0; id < n; id++) {
@@ -417,17 +421,20 @@ static void test_sentencepiece(void **state)
         else if (len == 5 && !memcmp(s, "\xe2\x96\x81he", 5))
             want = -3.0f;
         if (!isnan(want)) {
-            assert_true(sc[id] == want);
-            assert_int_equal(tt[id], 1);
+            float sc;
+            assert_true(moec_gguf_arr_get(g, "tokenizer.ggml.scores", id, &sc));
+            assert_true(sc == want);
+            assert_int_equal(arr_i32(g, "tokenizer.ggml.token_type", id), 1);
             found++;
         }
         if (len == 6 && !memcmp(s, "<0x0A>", 6))
-            assert_int_equal(tt[id], 6);
+            assert_int_equal(arr_i32(g, "tokenizer.ggml.token_type", id), 6);
     }
     assert_int_equal(found, 4);
-    assert_int_equal(tt[0], 2);  /* <unk> */
-    assert_int_equal(tt[1], 3);  /* <s> */
-    assert_int_equal(tt[290], 5); /* padding */
+    assert_int_equal(arr_i32(g, "tokenizer.ggml.token_type", 0), 2);   /* <unk> */
+    assert_int_equal(arr_i32(g, "tokenizer.ggml.token_type", 1), 3);   /* <s> */
+    assert_int_equal(arr_i32(g, "tokenizer.ggml.token_type", 290), 5); /* padding */
+    assert_false(moec_gguf_arr_get(g, "tokenizer.ggml.token_type", 300, &(int32_t){0}));
     assert_int_equal(u32(g, "tokenizer.ggml.unknown_token_id"), 0);
     assert_int_equal(u32(g, "tokenizer.ggml.bos_token_id"), 1);
     bool b;
