@@ -122,10 +122,14 @@ static int parse_choices(const char *s, int *out)
 static void summary(const moec_quant_report *rep, const moec_quant_recipe *r, const char *out, double file_bpw,
                     uint64_t file_bytes)
 {
-    fprintf(stderr, "%s: %s %s, group %d%s\n", cli_prog, r->method == MOEC_QMETHOD_GPTQ ? "GPTQ" : "RTN",
-            r->avg_bits > 0 ? (r->alloc == MOEC_QALLOC_MCMOE ? "MC-MoE mixed precision" : "uniform split")
-                            : "uniform",
-            r->group, r->smooth ? ", EAQuant" : "");
+    if (r->gplan)
+        fprintf(stderr, "%s: %s on llama.cpp types (%s)%s\n", cli_prog,
+                r->method == MOEC_QMETHOD_GPTQ ? "GPTQ" : "RTN", r->gplan->name, r->smooth ? ", EAQuant" : "");
+    else
+        fprintf(stderr, "%s: %s %s, group %d%s\n", cli_prog, r->method == MOEC_QMETHOD_GPTQ ? "GPTQ" : "RTN",
+                r->avg_bits > 0 ? (r->alloc == MOEC_QALLOC_MCMOE ? "MC-MoE mixed precision" : "uniform split")
+                                : "uniform",
+                r->group, r->smooth ? ", EAQuant" : "");
     for (int l = 0; l < rep->n_layers; l++) {
         const moec_quant_layer_report *L = &rep->layers[l];
         if (L->n_experts == 0)
