@@ -1,9 +1,10 @@
 /* container.h - the .moec checkpoint container.
  *
  * A .moec file holds named blobs (config.json, tokenizer.json, a JSON report,
- * ...) and named tensors. A tensor has a storage type (F32, F16, BF16 or
- * group-wise k-bit), a shape, and one to four typed byte sections (DATA for
- * float storage; CODES, SCALES and, when asymmetric, ZEROS for group-wise).
+ * ...) and named tensors. A tensor has a storage type (F32, F16, BF16,
+ * group-wise k-bit, or llama.cpp blocks), a shape, and one to four typed byte
+ * sections (DATA for float storage and llama.cpp blocks; CODES, SCALES and,
+ * when asymmetric, ZEROS for group-wise).
  * Each section is stored either raw, 64-byte aligned so it can be used
  * straight from the mapping, or zstd-compressed in independently decodable
  * chunks. Everything is covered by XXH3-64 checksums and zero padding, so a
@@ -30,7 +31,7 @@
 
 /* The format version this code reads and writes; see docs/format.md for
  * the versioning policy. */
-#define MOEC_CONTAINER_VERSION 1u
+#define MOEC_CONTAINER_VERSION 2u
 
 /* Stored values; never renumber. */
 typedef enum moec_storage {
@@ -38,6 +39,7 @@ typedef enum moec_storage {
     MOEC_STORAGE_F16 = 1,
     MOEC_STORAGE_BF16 = 2,
     MOEC_STORAGE_GROUPWISE = 3, /* k-bit codes, F16 scale per group, optional k-bit zeros */
+    MOEC_STORAGE_GGML = 4,      /* llama.cpp (ggml) blocks, verbatim; format version >= 2 */
     MOEC_STORAGE_COUNT
 } moec_storage;
 
@@ -62,7 +64,8 @@ typedef enum moec_encoding {
 /* Storage type and shape of one tensor, as stored in its directory entry. */
 typedef struct moec_ctensor_type {
     moec_storage storage;
-    int bits;      /* GROUPWISE: 1..8; float storage: 0 */
+    int bits;      /* GROUPWISE: 1..8; GGML: the ggml type id of the blocks (core/ggml_blocks.h:
+                      2, 3, 6, 7, 8, 10..14); float storage: 0 */
     int group;     /* GROUPWISE: weights per group along the last dim, >= 1; else 0 */
     int symmetric; /* GROUPWISE: 1 = no zero points, 0 = packed zeros; else 0 */
     int ndim;      /* 1..MOEC_MAX_DIMS */
@@ -91,7 +94,7 @@ moec_status moec_groupwise_section_bytes(int64_t rows, int64_t cols, int bits, i
 moec_status moec_ctensor_section_bytes(const moec_ctensor_type *t,
                                        uint64_t bytes[MOEC_SECTION_KIND_COUNT], moec_err *err);
 
-/* "F32", "F16", "BF16", "GROUPWISE"; "?" when out of range. */
+/* "F32", "F16", "BF16", "GROUPWISE", "GGML"; "?" when out of range. */
 const char *moec_storage_name(moec_storage s);
 /* "DATA", "CODES", "SCALES", "ZEROS"; "?" when out of range. */
 const char *moec_section_kind_name(moec_section_kind k);

@@ -47,6 +47,7 @@ struct moec_container {
     ct_tensor *tensors;
     ct_name *by_name;     /* tensors sorted by name */
     atomic_int *verified; /* per tensor: 1 once its checksum and chunks passed */
+    uint32_t version;     /* the file's format version */
 };
 
 /* A byte range of the data area, with what owns it for messages. */
@@ -101,6 +102,7 @@ static moec_status check_header(moec_container *c, moec_err *err)
                             lbl(c), version, MOEC_CONTAINER_VERSION);
     if (version == 0)
         return moec_err_set(err, MOEC_ERR_FORMAT, "%s: header: invalid format version 0", lbl(c));
+    c->version = version;
     if (ct_ld(h + CT_HDR_FLAGS, 4) != 0 || ct_ld(h + CT_HDR_RESERVED, 8) != 0)
         return moec_err_set(err, MOEC_ERR_FORMAT, "%s: header: reserved fields are not zero",
                             lbl(c));
@@ -313,6 +315,10 @@ static moec_status parse_tensors(moec_container *c, const unsigned char *d, uint
         ti->checksum = ct_ld(e + CT_TEN_CHECKSUM, 8);
         ti->n_sections = n_sec;
         ti->type.storage = (moec_storage)e[CT_TEN_STORAGE];
+        if (ti->type.storage == MOEC_STORAGE_GGML && c->version < 2)
+            return moec_err_set(err, MOEC_ERR_FORMAT,
+                                "%s: directory: tensor '%s': GGML storage in a version %u file (it needs 2)",
+                                lbl(c), ti->name, (unsigned)c->version);
         ti->type.ndim = e[CT_TEN_NDIM];
         ti->type.bits = e[CT_TEN_BITS];
         ti->type.symmetric = e[CT_TEN_SYMMETRIC];
@@ -821,10 +827,10 @@ moec_status moec_container_tensor_view(const moec_container *c, size_t tensor, m
         [MOEC_STORAGE_F16] = MOEC_DT_F16,
         [MOEC_STORAGE_BF16] = MOEC_DT_BF16,
     };
-    if (ti->type.storage == MOEC_STORAGE_GROUPWISE)
+    if (ti->type.storage == MOEC_STORAGE_GROUPWISE || ti->type.storage == MOEC_STORAGE_GGML)
         return moec_err_set(err, MOEC_ERR_UNSUPPORTED,
-                            "%s: tensor '%s' is group-wise quantized: read its sections", lbl(c),
-                            ti->name);
+                            "%s: tensor '%s' is %s quantized: read its sections", lbl(c),
+                            ti->name, ti->type.storage == MOEC_STORAGE_GGML ? "llama.cpp-block" : "group-wise");
     const void *data;
     size_t size;
     moec_status s = moec_container_section_ptr(c, tensor, MOEC_SECTION_DATA, &data, &size, err);

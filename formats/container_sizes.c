@@ -3,6 +3,8 @@
 
 #include <inttypes.h>
 
+#include "core/ggml_blocks.h"
+
 #define SIZE_LIMIT ((uint64_t)INT64_MAX)
 
 /* a * b, failing past 2^63 so sums of a few sizes still fit in 64 bits */
@@ -81,6 +83,23 @@ moec_status moec_ctensor_section_bytes(const moec_ctensor_type *t,
                                             &bytes[MOEC_SECTION_SCALES],
                                             &bytes[MOEC_SECTION_ZEROS], err);
     }
+    case MOEC_STORAGE_GGML: {
+        const moec_gblock gb = moec_gblock_from_ggml(t->bits);
+        if (gb == MOEC_GB_NONE)
+            return moec_err_set(err, MOEC_ERR_ARG, "GGML storage: %d is not a supported ggml block type",
+                                t->bits);
+        if (t->group != 0 || t->symmetric != 0)
+            return moec_err_set(err, MOEC_ERR_ARG, "GGML storage takes group/symmetric 0, found %d/%d",
+                                t->group, t->symmetric);
+        const moec_gblock_traits *tr = moec_gblock_info(gb);
+        const uint64_t cols = (uint64_t)t->shape[t->ndim - 1];
+        if (cols % (uint64_t)tr->block)
+            return moec_err_set(err, MOEC_ERR_ARG, "GGML %s storage: last dimension %" PRIu64
+                                " is not a multiple of %d", tr->name, cols, tr->block);
+        if (!mul_ok(numel / (uint64_t)tr->block, (uint64_t)tr->bytes, &bytes[MOEC_SECTION_DATA]))
+            return moec_err_set(err, MOEC_ERR_ARG, "byte size overflows");
+        return MOEC_OK;
+    }
     default:
         return moec_err_set(err, MOEC_ERR_ARG, "unknown storage type %d", (int)t->storage);
     }
@@ -100,6 +119,7 @@ const char *moec_storage_name(moec_storage s)
     case MOEC_STORAGE_F16: return "F16";
     case MOEC_STORAGE_BF16: return "BF16";
     case MOEC_STORAGE_GROUPWISE: return "GROUPWISE";
+    case MOEC_STORAGE_GGML: return "GGML";
     default: return "?";
     }
 }

@@ -243,7 +243,7 @@ static moec_status encode_section(moec_container_writer *w, const moec_ctensor_d
                       .stored = sec->size, .size = sec->size};
     int try_zstd = t->compress == MOEC_COMPRESS_ZSTD ||
                    (t->compress == MOEC_COMPRESS_AUTO &&
-                    t->type.storage == MOEC_STORAGE_GROUPWISE);
+                    (t->type.storage == MOEC_STORAGE_GROUPWISE || t->type.storage == MOEC_STORAGE_GGML));
     if (!try_zstd)
         return MOEC_OK;
     cw_encoded z = *e;

@@ -20,6 +20,7 @@ struct moec_gptq_hinv {
     int64_t *perm;     /* [cols] processing position -> original column */
     unsigned char *dead; /* [cols] by original column: H_jj == 0 */
     int64_t dead_cols;
+    float *diag;       /* [cols] by original column: H_jj / n, the mean squared input (importance) */
 };
 
 moec_status moec_hessian_accumulate(double *H, const float *X, int64_t n,
@@ -109,7 +110,18 @@ void moec_gptq_hinv_free(moec_gptq_hinv *h)
     free(h->U);
     free(h->perm);
     free(h->dead);
+    free(h->diag);
     free(h);
+}
+
+void moec_gptq_hinv_parts(const moec_gptq_hinv *h, int64_t *cols, const float **U, const int64_t **perm,
+                          const unsigned char **dead, const float **diag)
+{
+    *cols = h->cols;
+    *U = h->U;
+    *perm = h->perm;
+    *dead = h->dead;
+    *diag = h->diag;
 }
 
 moec_status moec_gptq_hinv_new(const double *H, int64_t cols, int64_t n_samples,
@@ -157,10 +169,12 @@ moec_status moec_gptq_hinv_new(const double *H, int64_t cols, int64_t n_samples,
     h->cols = cols;
     h->perm = malloc((size_t)cols * sizeof *h->perm);
     h->dead = malloc((size_t)cols);
+    h->diag = malloc((size_t)cols * sizeof *h->diag);
     A = calloc((size_t)cols * (size_t)cols, sizeof *A);
-    if (!h->perm || !h->dead || !A)
+    if (!h->perm || !h->dead || !h->diag || !A)
         goto nomem;
     for (int64_t j = 0; j < cols; j++) {
+        h->diag[j] = (float)(H[(size_t)j * (size_t)cols + (size_t)j] / (double)n_samples);
         h->dead[j] = H[(size_t)j * (size_t)cols + (size_t)j] == 0.0;
         h->dead_cols += h->dead[j];
         h->perm[j] = j;

@@ -102,6 +102,13 @@ moec_status moec_gptq_hinv_new(const double *H, int64_t cols, int64_t n_samples,
                                moec_err *err);
 void moec_gptq_hinv_free(moec_gptq_hinv *h);
 
+/* The factor's parts, for quantizers on other grids (kquant_grid.h): U
+ * [cols][cols] (upper triangle, processing order), perm [cols] (processing
+ * position -> original column), dead [cols] and diag [cols] (H_jj / n, the
+ * mean squared input of each original column). Views, owned by h. */
+void moec_gptq_hinv_parts(const moec_gptq_hinv *h, int64_t *cols, const float **U, const int64_t **perm,
+                          const unsigned char **dead, const float **diag);
+
 /* Quantizes W [rows][cols] (float, not modified) with a prepared factor into
  * *out (allocated here; moec_qmatrix_free releases it; left empty on
  * failure). Working memory: a float copy of W plus one byte per weight. Reads o->q, o->blocksize and o->static_groups (act-order and

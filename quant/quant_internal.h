@@ -41,6 +41,14 @@ typedef struct qr_hook_status {
 moec_status qr_run_pass(const qr_windows *w, const moec_model *m, bool original, int64_t max_tokens,
                         moec_moe_hook mh, moec_attn_hook ah, void *hctx, qr_hook_status *hs, moec_err *err);
 
+/* ---- quant_head.c ---- */
+
+/* H += Σ hhᵀ [d][d] (upper triangle, zeroed by the caller) of the output
+ * head's input h = final_norm(last hidden state) over the windows, run
+ * through the working model; *n = tokens. MOEC_ERR_UNSUPPORTED when the last
+ * layer is dense. */
+moec_status qr_collect_head(const qr_windows *w, const moec_model *work, double *H, int64_t *n, moec_err *err);
+
 /* ---- quant_hessians.c ---- */
 
 /* Attention pass of layer `layer`: Hx += Σ xxᵀ of the q/k/v input [d][d],

@@ -16,7 +16,9 @@
 #include "core/fsutil.h"
 #include "model/check.h"
 #include "model/model_moec.h"
+#include "quant/gguf_presets.h"
 #include "quant/gptq.h"
+#include "quant/kquant_grid.h"
 #include "quant/quant_internal.h"
 #include "quant/rtn.h"
 
@@ -118,6 +120,10 @@ moec_status moec_quant_recipe_check(const moec_quant_recipe *r, bool cal_has_win
         if (r->alloc != MOEC_QALLOC_UNIFORM && r->alloc != MOEC_QALLOC_MCMOE)
             return moec_err_set(err, MOEC_ERR_ARG, "quantize: unknown allocation %d", (int)r->alloc);
     }
+    if (r->gplan && r->avg_bits != 0)
+        return moec_err_set(err, MOEC_ERR_ARG,
+                            "quantize: per-expert widths (--avg-bits) cannot be held in llama.cpp types, which keep "
+                            "a layer's experts in one tensor of one type; use --grid/--preset without them");
     if (!cal_has_windows && r->method == MOEC_QMETHOD_GPTQ)
         return moec_err_set(err, MOEC_ERR_ARG, "quantize: GPTQ needs calibration text (Hessians of layer inputs)");
     if (!cal_has_windows && (r->smooth || r->align))
@@ -289,6 +295,8 @@ cJSON *moec_quant_report_json(const moec_quant_report *rep, const moec_quant_rec
         return NULL;
     cJSON *rc = cJSON_AddObjectToObject(o, "recipe");
     cJSON_AddStringToObject(rc, "method", r->method == MOEC_QMETHOD_GPTQ ? "gptq" : "rtn");
+    if (r->gplan)
+        cJSON_AddStringToObject(rc, "llama_cpp_types", r->gplan->name);
     cJSON_AddNumberToObject(rc, "bits", r->bits);
     cJSON_AddNumberToObject(rc, "group", r->group);
     cJSON_AddBoolToObject(rc, "symmetric", r->symmetric);
@@ -434,6 +442,7 @@ typedef struct mjob {
     int clip_grid;
     int group;
     const moec_gptq_hinv *hinv;
+    moec_gblock gtype; /* llama.cpp block type from the recipe's plan, or none (group-wise) */
     char name[96];
     moec_qmatrix q;
     moec_status st;
@@ -457,6 +466,10 @@ static void mjob_task(void *vc, int i, int t)
     o.q.clip_grid = j->clip_grid;
     o.percdamp = J->r->percdamp;
     o.act_order = J->r->act_order;
+    if (j->gtype) {
+        j->st = moec_gptq_quantize_blocks(j->W, j->rows, j->cols, j->hinv, j->gtype, &o, j->name, &j->q, NULL, &j->err);
+        return;
+    }
     j->st = j->hinv ? moec_gptq_quantize_with(j->W, j->rows, j->cols, j->hinv, &o, j->name, &j->q, NULL, &j->err)
                     : moec_rtn_quantize(j->W, j->rows, j->cols, &o.q, j->name, &j->q, &j->err);
 }
@@ -492,6 +505,12 @@ static mjob mjob_make(const float *W, int64_t rows, int64_t cols, int bits, int 
     vsnprintf(j.name, sizeof j.name, fmt, ap);
     va_end(ap);
     return j;
+}
+
+/* The plan's block type for a layer's tensor (none without a plan). */
+static moec_gblock gtype_of(const recipe_run *R, int layer, moec_gslot slot)
+{
+    return moec_gplan_type(R->r->gplan, layer, slot);
 }
 
 /* One inverse-Hessian factor to build. */
@@ -558,6 +577,48 @@ static void scale_hessian(double *H, int64_t d, const float *s)
 
 /* ---- embeddings, attention, dense layers ---- */
 
+/* With a plan, GPTQ and calibration windows, an untied head is quantized
+ * last by GPTQ on the final hidden states (quant_head.c), not by RTN. */
+static bool head_by_gptq(const recipe_run *R)
+{
+    const moec_config *c = &R->src->cfg;
+    return R->r->gplan && R->r->gplan->head && R->r->method == MOEC_QMETHOD_GPTQ && R->have_windows &&
+           !c->tie_embeddings && moec_config_layer_is_moe(c, c->n_layers - 1);
+}
+
+/* lm_head by GPTQ on its plan type, from the head's input Hessian over the
+ * calibration windows run through the fully quantized working model. */
+static moec_status quant_head(recipe_run *R, moec_err *err)
+{
+    const int64_t V = R->src->cfg.vocab_size, d = R->src->cfg.hidden_size;
+    float *Wf = NULL;
+    double *H = calloc((size_t)(d * d), sizeof *H);
+    hjob hj = {0};
+    mjob mj = {0};
+    moec_status st = H ? to_float(&R->src->lm_head, "lm_head", &Wf, err)
+                       : moec_err_set(err, MOEC_ERR_NOMEM, "out of memory for the head Hessian");
+    if (st)
+        goto done;
+    progress(R, "head pass", -1);
+    if ((st = qr_collect_head(&R->w, R->work, H, &hj.n, err)))
+        goto done;
+    R->rep->passes++;
+    hj.H = H;
+    hj.cols = d;
+    snprintf(hj.name, sizeof hj.name, "lm_head");
+    run_hjobs(R, &hj, 1);
+    mj = mjob_make(Wf, V, d, R->r->bits, R->r->group, 0, hj.hinv, "lm_head");
+    mj.gtype = R->r->gplan->head;
+    if (!(st = run_mjobs(R, &mj, 1, err)))
+        st = install(R, &R->work->lm_head, &R->out->lm_head, &mj.q.f, mj.name, err);
+done:
+    moec_qmatrix_free(&mj.q);
+    moec_gptq_hinv_free(hj.hinv);
+    free(Wf);
+    free(H);
+    return st;
+}
+
 static moec_status quant_embeddings(recipe_run *R, moec_err *err)
 {
     const moec_model *src = R->src;
@@ -566,20 +627,27 @@ static moec_status quant_embeddings(recipe_run *R, moec_err *err)
     mjob j[2];
     int n = 0;
     float *E = NULL, *H = NULL;
-    moec_status st = to_float(&src->embed, "embed_tokens", &E, err);
-    if (!st)
-        j[n++] = mjob_make(E, V, d, R->r->embed_bits, R->r->embed_group, R->r->clip_grid, NULL, "model.embed_tokens");
-    if (!st && !tied && (st = to_float(&src->lm_head, "lm_head", &H, err)) == MOEC_OK)
-        j[n++] = mjob_make(H, V, d, R->r->embed_bits, R->r->embed_group, R->r->clip_grid, NULL, "lm_head");
+    /* with a plan, either may stay in full precision (type none) */
+    const moec_gplan *P = R->r->gplan;
+    const bool do_e = !P || P->embed, do_h = !tied && (!P || P->head) && !head_by_gptq(R);
+    moec_status st = do_e ? to_float(&src->embed, "embed_tokens", &E, err) : MOEC_OK;
+    if (!st && do_e) {
+        j[n] = mjob_make(E, V, d, R->r->embed_bits, R->r->embed_group, R->r->clip_grid, NULL, "model.embed_tokens");
+        j[n++].gtype = P ? P->embed : MOEC_GB_NONE;
+    }
+    if (!st && do_h && (st = to_float(&src->lm_head, "lm_head", &H, err)) == MOEC_OK) {
+        j[n] = mjob_make(H, V, d, R->r->embed_bits, R->r->embed_group, R->r->clip_grid, NULL, "lm_head");
+        j[n++].gtype = P ? P->head : MOEC_GB_NONE;
+    }
     if (!st)
         st = run_mjobs(R, j, n, err);
-    if (!st)
+    if (!st && do_e)
         st = install(R, &R->work->embed, &R->out->embed, &j[0].q.f, j[0].name, err);
     if (!st && tied) {
         R->work->lm_head = R->work->embed;
         R->out->lm_head = R->out->embed;
-    } else if (!st) {
-        st = install(R, &R->work->lm_head, &R->out->lm_head, &j[1].q.f, j[1].name, err);
+    } else if (!st && do_h) {
+        st = install(R, &R->work->lm_head, &R->out->lm_head, &j[n - 1].q.f, j[n - 1].name, err);
     }
     for (int i = 0; i < n; i++)
         moec_qmatrix_free(&j[i].q);
@@ -629,14 +697,26 @@ static moec_status quant_attention(recipe_run *R, int l, moec_err *err)
         snprintf(hj[1].name, sizeof hj[1].name, "layer %d o_proj", l);
         R->rep->layers[l].gptq_retries += run_hjobs(R, hj, 2);
     }
-    for (int i = 0; i < 4; i++)
-        mj[nm++] = mjob_make(F[i], moec_tensor_rows(st_src[i]), moec_tensor_cols(st_src[i]), bits, r->group,
-                             r->clip_grid, hj ? hj[i < 3 ? 0 : 1].hinv : NULL, "model.layers.%d.self_attn.%s", l,
-                             names[i]);
+    for (int i = 0; i < 4; i++) {
+        mj[nm] = mjob_make(F[i], moec_tensor_rows(st_src[i]), moec_tensor_cols(st_src[i]), bits, r->group,
+                           r->clip_grid, hj ? hj[i < 3 ? 0 : 1].hinv : NULL, "model.layers.%d.self_attn.%s", l,
+                           names[i]);
+        mj[nm++].gtype = gtype_of(R, l, (moec_gslot)(MOEC_GS_Q + i));
+    }
+    /* a plan may keep some of them in full precision: those are not quantized */
+    for (int i = 0; i < nm; i++)
+        if (r->gplan && !mj[i].gtype) {
+            mj[i] = mj[--nm];
+            i--;
+        }
     if ((st = run_mjobs(R, mj, nm, err)))
         goto done;
-    for (int i = 0; i < 4 && !st; i++)
-        st = install(R, st_w[i], st_o[i], &mj[i].q.f, mj[i].name, err);
+    for (int i = 0; i < nm && !st; i++) {
+        int k = 0;
+        while (k < 3 && strcmp(strrchr(mj[i].name, '.') + 1, names[k]) != 0)
+            k++;
+        st = install(R, st_w[k], st_o[k], &mj[i].q.f, mj[i].name, err);
+    }
 done:
     for (int i = 0; i < nm; i++)
         moec_qmatrix_free(&mj[i].q);
@@ -661,9 +741,11 @@ static moec_status quant_dense(recipe_run *R, int l, moec_err *err)
     char what[64];
     for (int i = 0; i < 3 && !st; i++) {
         snprintf(what, sizeof what, "layer %d dense %s", l, names[i]);
-        if ((st = to_float(s3[i], what, &F[i], err)) == MOEC_OK)
-            mj[nm++] = mjob_make(F[i], moec_tensor_rows(s3[i]), moec_tensor_cols(s3[i]), R->r->bits, R->r->group,
-                                 R->r->clip_grid, NULL, "model.layers.%d.mlp.%s", l, names[i]);
+        if ((st = to_float(s3[i], what, &F[i], err)) == MOEC_OK) {
+            mj[nm] = mjob_make(F[i], moec_tensor_rows(s3[i]), moec_tensor_cols(s3[i]), R->r->bits, R->r->group,
+                               R->r->clip_grid, NULL, "model.layers.%d.mlp.%s", l, names[i]);
+            mj[nm++].gtype = gtype_of(R, l, i == 0 ? MOEC_GS_GATE : i == 1 ? MOEC_GS_UP : MOEC_GS_DOWN);
+        }
     }
     if (!st)
         st = run_mjobs(R, mj, nm, err);
@@ -1018,10 +1100,12 @@ static moec_status moe_candidates(recipe_run *R, moe_layer *M, bool with_w2, moe
         for (int b = 0; b < nb; b++) {
             const int bits = M->widths[b];
             const moec_gptq_hinv *h = M->h1j[e].hinv;
-            mj[nm++] = mjob_make(M->w1[e], f, d, bits, r->group, M->clip_w13, h, "layer %d expert %d w1 %d-bit", M->l,
-                                 e, bits);
-            mj[nm++] = mjob_make(M->w3[e], f, d, bits, r->group, M->clip_w13, h, "layer %d expert %d w3 %d-bit", M->l,
-                                 e, bits);
+            mj[nm] = mjob_make(M->w1[e], f, d, bits, r->group, M->clip_w13, h, "layer %d expert %d w1 %d-bit", M->l,
+                               e, bits);
+            mj[nm++].gtype = gtype_of(R, M->l, MOEC_GS_GATE);
+            mj[nm] = mjob_make(M->w3[e], f, d, bits, r->group, M->clip_w13, h, "layer %d expert %d w3 %d-bit", M->l,
+                               e, bits);
+            mj[nm++].gtype = gtype_of(R, M->l, MOEC_GS_UP);
             if (with_w2)
                 mj[nm++] = mjob_make(M->w2[e], d, f, bits, r->group, r->clip_grid, h2 ? h2[e].hinv : NULL,
                                      "layer %d expert %d w2 %d-bit", M->l, e, bits);
@@ -1210,6 +1294,8 @@ static moec_status moe_layer_run(recipe_run *R, int l, moec_err *err)
                                 "layer %d shared expert w1", l),
                       mjob_make(M.sh3, fs, d, r->bits, r->group, M.clip_w13, M.h1j[E].hinv,
                                 "layer %d shared expert w3", l)};
+        sj[0].gtype = gtype_of(R, l, MOEC_GS_SH_GATE);
+        sj[1].gtype = gtype_of(R, l, MOEC_GS_SH_UP);
         if (!(st = run_mjobs(R, sj, 2, err)) &&
             !(st = install(R, &WL->shared.w1, &OL->shared.w1, &sj[0].q.f, sj[0].name, err)))
             st = install(R, &WL->shared.w3, &OL->shared.w3, &sj[1].q.f, sj[1].name, err);
@@ -1286,12 +1372,15 @@ static moec_status moe_layer_run(recipe_run *R, int l, moec_err *err)
             mj[nm++].st = MOEC_OK;
             continue;
         }
-        mj[nm++] = mjob_make(M.w2[e], d, f, M.bits[e], r->group, r->clip_grid, h2j ? h2j[e].hinv : NULL,
-                             "layer %d expert %d w2", l, e);
+        mj[nm] = mjob_make(M.w2[e], d, f, M.bits[e], r->group, r->clip_grid, h2j ? h2j[e].hinv : NULL,
+                           "layer %d expert %d w2", l, e);
+        mj[nm++].gtype = gtype_of(R, l, MOEC_GS_DOWN);
     }
-    if (fs > 0)
-        mj[nm++] = mjob_make(M.sh2, d, fs, r->bits, r->group, r->clip_grid, h2j ? h2j[E].hinv : NULL,
-                             "layer %d shared expert w2", l);
+    if (fs > 0) {
+        mj[nm] = mjob_make(M.sh2, d, fs, r->bits, r->group, r->clip_grid, h2j ? h2j[E].hinv : NULL,
+                           "layer %d shared expert w2", l);
+        mj[nm++].gtype = gtype_of(R, l, MOEC_GS_SH_DOWN);
+    }
     {
         /* only the jobs that still have to run go to the pool */
         mjob *todo = calloc((size_t)nm, sizeof *todo);
@@ -1436,6 +1525,17 @@ moec_status moec_quant_model(const moec_model *src, const moec_quant_calib *cal,
         if ((st = moec_stats_check(cal->stats, src, err)))
             return st;
     }
+    /* a plan must give every routed, shared and dense FFN matrix a type: the
+     * recipe has no way to leave them in full precision */
+    for (int l = 0; r->gplan && l < src->cfg.n_layers; l++)
+        for (int sl = MOEC_GS_GATE; sl <= MOEC_GS_SH_DOWN; sl++)
+            if (!moec_gplan_type(r->gplan, l, (moec_gslot)sl) && (sl <= MOEC_GS_DOWN || src->cfg.shared_ffn > 0))
+                return moec_err_set(err, MOEC_ERR_UNSUPPORTED,
+                                    "quantize: layer %d: no llama.cpp block type fits the %s%s rows (their length "
+                                    "is not a multiple of 32; llama-quantize would keep them F16)",
+                                    l, sl >= MOEC_GS_SH_GATE ? "shared expert's " : "",
+                                    sl % 3 == MOEC_GS_GATE % 3 ? "gate_proj" : sl % 3 == MOEC_GS_UP % 3 ? "up_proj"
+                                                                                                       : "down_proj");
     recipe_run R = {.src = src, .r = r, .rep = rep, .progress = progress_fn, .pctx = progress_ctx,
                     .stats = cal ? cal->stats : NULL};
     if ((st = report_init(rep, src, r, err)))
@@ -1454,7 +1554,7 @@ moec_status moec_quant_model(const moec_model *src, const moec_quant_calib *cal,
     /* NaN/Inf weights fail here naming the tensor, layer by layer below */
     if ((st = moec_model_check_finite_layer(src, -1, err)))
         goto done;
-    if (r->embed_bits) {
+    if (r->gplan ? r->gplan->embed || r->gplan->head : r->embed_bits) {
         progress(&R, "embeddings", -1);
         if ((st = quant_embeddings(&R, err)))
             goto done;
@@ -1466,6 +1566,8 @@ moec_status moec_quant_model(const moec_model *src, const moec_quant_calib *cal,
             break;
         st = src->layers[l].n_experts ? moe_layer_run(&R, l, err) : quant_dense(&R, l, err);
     }
+    if (!st && head_by_gptq(&R))
+        st = quant_head(&R, err);
     if (st)
         goto done;
     if (R.have_windows && r->verify_tokens > 0) {

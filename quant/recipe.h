@@ -65,6 +65,7 @@
 #include "tokenizer/tokenizer.h"
 
 struct cJSON;
+struct moec_gplan; /* quant/gguf_presets.h */
 
 typedef enum moec_qmethod { MOEC_QMETHOD_RTN = 0, MOEC_QMETHOD_GPTQ } moec_qmethod;
 
@@ -126,6 +127,13 @@ typedef struct moec_quant_recipe {
                                  recorded in the report for evaluation */
     int64_t verify_tokens;    /* calibration tokens in the final comparison; 0 = skip; default 8192 */
     int threads;              /* default 1 */
+
+    /* llama.cpp block types per tensor (--grid, --preset; quant/gguf_presets.h), or NULL. A tensor
+     * the plan gives a type is quantized on that type's grid (quant/kquant_grid.h: GPTQ with the
+     * recipe's method and calibration, else round-to-nearest) and stored as its blocks; the plan
+     * also decides the embeddings and head (embed_bits is then ignored). Not with avg_bits: a
+     * layer's experts share one type in llama.cpp. The plan must outlive the call. */
+    const struct moec_gplan *gplan;
 } moec_quant_recipe;
 
 #define MOEC_QUANT_RECIPE_DEFAULT \

@@ -256,6 +256,37 @@ rm -rf "$out/e"
 expect_clean 0 "export ok" "$tmp" -- "$bin/moec-export" "$tmp/q.moec" --hf "$out/e" --dtype f32 --quiet
 [ -f "$out/e/model.safetensors" ] || { echo "FAIL: export ok wrote no model.safetensors"; fails=$((fails + 1)); }
 [ "$(ls -A "$out")" = e ] || { echo "FAIL: export left temporaries"; ls -A "$out"; fails=$((fails + 1)); }
+
+# GGUF export and llama.cpp grids: usage errors exit 2, failures one line
+# and no output file (q.moec is 4-bit in groups of 128: no llama.cpp type)
+g=("$bin/moec-export" "$tmp/q.moec")
+gout=$tmp/gguf
+mkdir -p "$gout"
+expect_clean 2 "export --gguf with --hf" "$gout" -- "${g[@]}" --gguf "$gout/x.gguf" --hf "$gout/e"
+expect_clean 2 "export --gguf bad type" "$gout" -- "${g[@]}" --gguf "$gout/x.gguf" --type q3_k_s
+expect_clean 2 "export --type without --gguf" "$gout" -- "${g[@]}" --hf "$gout/e" --type f16
+expect_clean 1 "export --gguf groups of 128 as q4_k" "$gout" -- "${g[@]}" --gguf "$gout/x.gguf" --type q4_k
+expect_clean 1 "export --gguf corrupt .moec" "$gout" -- "$bin/moec-export" "$tmp/flip.moec" --gguf "$gout/x.gguf"
+expect_clean 1 "export --gguf truncated checkpoint" "$gout" -- "$bin/moec-export" "$tmp/trunc" --gguf "$gout/x.gguf"
+expect_clean 1 "export --gguf under a file" "$tmp" -- "${g[@]}" --gguf "$tmp/afile/x.gguf"
+expect_clean 0 "export --gguf dequantized to f32" "$tmp" -- "${g[@]}" --gguf "$gout/x.gguf" --type f32 --quiet
+[ -s "$gout/x.gguf" ] || { echo "FAIL: export --gguf wrote nothing"; fails=$((fails + 1)); }
+expect_clean 1 "export --gguf exists" "$gout" -- "${g[@]}" --gguf "$gout/x.gguf"
+expect_clean 2 "quant --grid unknown" "$out" -- "${q[@]}" --grid q4_k_m -o "$out/x.moec"
+expect_clean 2 "quant --preset unknown" "$out" -- "${q[@]}" --preset Q7_K -o "$out/x.moec"
+expect_clean 2 "quant --preset with --grid" "$out" -- "${q[@]}" --preset Q4_K_M --grid q4_k -o "$out/x.moec"
+expect_clean 2 "quant --grid with --avg-bits" "$out" -- "${q[@]}" --grid q4_k --avg-bits 2.5 -o "$out/x.moec"
+expect_clean 2 "quant --embed-grid without --grid" "$out" -- "${q[@]}" --bits 4 --embed-grid q8_0 -o "$out/x.moec"
+expect_clean 1 "quant --preset on expert rows of 48" "$out" -- "$bin/moec-quant" "$src/tests/fixtures/qwen3moe-random" \
+  --preset Q4_K_M --quiet --verify-tokens 0 -o "$out/x.moec"
+expect_clean 0 "quant --preset Q4_K_M" "$tmp" -- "${q[@]}" --preset Q4_K_M -o "$gout/p.moec"
+expect_clean 0 "export --gguf of the preset" "$tmp" -- "$bin/moec-export" "$gout/p.moec" --gguf "$gout/p.gguf" --json
+if ! grep -q '"verbatim_tensors":[[:space:]]*64' "$tmp/out"; then
+  echo "FAIL: export --gguf of the preset did not copy its 64 quantized tensors as blocks"; cat "$tmp/out"
+  fails=$((fails + 1))
+fi
+expect_clean 0 "quant --grid q4_1 --attn" "$tmp" -- "${q[@]}" --grid q4_1 --attn --embed-grid q8_0 -o "$gout/g.moec"
+
 [ -n "$ro" ] && chmod 755 "$ro"
 
 echo "$pass passed, $fails failed"

@@ -223,6 +223,78 @@ static void test_section_sizes(void **state)
     assert_int_equal(moec_ctensor_section_bytes(&t, b, &err), MOEC_ERR_ARG);
     t = (moec_ctensor_type){.storage = (moec_storage)7, .ndim = 1, .shape = {3}};
     assert_int_equal(moec_ctensor_section_bytes(&t, b, &err), MOEC_ERR_ARG);
+    /* llama.cpp blocks: Q4_K (ggml id 12) rows of 512 = 2 blocks of 144 bytes */
+    t = (moec_ctensor_type){.storage = MOEC_STORAGE_GGML, .bits = 12, .ndim = 2, .shape = {3, 512}};
+    assert_int_equal(moec_ctensor_section_bytes(&t, b, &err), MOEC_OK);
+    assert_int_equal(b[MOEC_SECTION_DATA], 3 * 2 * 144);
+    assert_int_equal(b[MOEC_SECTION_CODES], 0);
+    t.shape[1] = 100; /* not whole blocks */
+    assert_int_equal(moec_ctensor_section_bytes(&t, b, &err), MOEC_ERR_ARG);
+    assert_non_null(strstr(err.msg, "multiple of 256"));
+    t = (moec_ctensor_type){.storage = MOEC_STORAGE_GGML, .bits = 9, .ndim = 2, .shape = {3, 512}}; /* Q8_1 */
+    assert_int_equal(moec_ctensor_section_bytes(&t, b, &err), MOEC_ERR_ARG);
+    t = (moec_ctensor_type){.storage = MOEC_STORAGE_GGML, .bits = 8, .group = 32, .ndim = 2, .shape = {3, 64}};
+    assert_int_equal(moec_ctensor_section_bytes(&t, b, &err), MOEC_ERR_ARG);
+}
+
+/* Recomputes the header+directory checksum of a file in memory. */
+static void reseal_header(unsigned char *bytes, size_t n)
+{
+    uint64_t dir_off = 0;
+    for (int b = 7; b >= 0; b--)
+        dir_off = dir_off << 8 | bytes[24 + b];
+    XXH3_state_t *st = XXH3_createState();
+    XXH3_64bits_reset(st);
+    XXH3_64bits_update(st, bytes, 56);
+    XXH3_64bits_update(st, bytes + dir_off, n - dir_off);
+    uint64_t h = XXH3_64bits_digest(st);
+    XXH3_freeState(st);
+    for (int b = 0; b < 8; b++)
+        bytes[56 + b] = (unsigned char)(h >> (8 * b));
+}
+
+/* A GGML tensor (llama.cpp blocks) round-trips as bytes; a version-1 file
+ * may not hold one. */
+static void test_ggml_storage(void **state)
+{
+    (void)state;
+    unsigned char blocks[2 * 2 * 34]; /* Q8_0, 2 rows of 64 */
+    for (size_t i = 0; i < sizeof blocks; i++)
+        blocks[i] = (unsigned char)(i * 7);
+    for (int b = 0; b < 4; b++)
+        blocks[34 * b] = 0, blocks[34 * b + 1] = 0x3c; /* finite F16 scales */
+    moec_ctensor_desc d = {.name = "w", .type = {.storage = MOEC_STORAGE_GGML, .bits = 8, .ndim = 2, .shape = {2, 64}},
+                           .n_sections = 1, .compress = MOEC_COMPRESS_AUTO};
+    d.sections[0] = (moec_csection){MOEC_SECTION_DATA, blocks, sizeof blocks};
+    moec_container_writer *w;
+    moec_err err;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/g.moec", tu_tmpdir());
+    assert_int_equal(moec_container_writer_new(NULL, &w, &err), MOEC_OK);
+    assert_int_equal(moec_container_writer_add_tensor(w, &d, &err), MOEC_OK);
+    assert_int_equal(moec_container_writer_write(w, path, &err), MOEC_OK);
+    moec_container_writer_free(w);
+    moec_container *c;
+    assert_int_equal(moec_container_open(path, 0, &c, &err), MOEC_OK);
+    const moec_ctensor_info *ti = moec_container_tensor(c, 0);
+    assert_int_equal(ti->type.storage, MOEC_STORAGE_GGML);
+    assert_int_equal(ti->type.bits, 8);
+    const void *data;
+    size_t size;
+    assert_int_equal(moec_container_section_ptr(c, 0, MOEC_SECTION_DATA, &data, &size, &err), MOEC_OK);
+    assert_int_equal(size, sizeof blocks);
+    assert_memory_equal(data, blocks, sizeof blocks);
+    moec_tensor view;
+    assert_int_equal(moec_container_tensor_view(c, 0, &view, &err), MOEC_ERR_UNSUPPORTED);
+    moec_container_close(c);
+    size_t n;
+    unsigned char *bytes = (unsigned char *)tu_read_file(path, &n);
+    assert_int_equal(bytes[8], MOEC_CONTAINER_VERSION);
+    bytes[8] = 1;
+    reseal_header(bytes, n);
+    assert_int_equal(moec_container_open_mem(bytes, n, "v1.moec", 0, &c, &err), MOEC_ERR_FORMAT);
+    assert_non_null(strstr(err.msg, "GGML storage in a version 1 file"));
+    free(bytes);
 }
 
 static void test_round_trip(void **state)
@@ -584,24 +656,22 @@ static void test_magic_and_version(void **state)
     assert_non_null(strstr(err.msg, "model.safetensors"));
 
     /* a newer version with a valid checksum: refused for its version alone */
-    bytes[8] = 2;
-    uint64_t dir_off = 0;
-    for (int b = 7; b >= 0; b--)
-        dir_off = dir_off << 8 | bytes[24 + b];
-    XXH3_state_t *st = XXH3_createState();
-    XXH3_64bits_reset(st);
-    XXH3_64bits_update(st, bytes, 56);
-    XXH3_64bits_update(st, bytes + dir_off, n - dir_off);
-    uint64_t h = XXH3_64bits_digest(st);
-    XXH3_freeState(st);
-    for (int b = 0; b < 8; b++)
-        bytes[56 + b] = (unsigned char)(h >> (8 * b));
-    assert_int_equal(moec_container_open_mem(bytes, n, "v2.moec", 0, &c, &err),
+    assert_int_equal(bytes[8], MOEC_CONTAINER_VERSION);
+    bytes[8] = MOEC_CONTAINER_VERSION + 1;
+    reseal_header(bytes, n);
+    assert_int_equal(moec_container_open_mem(bytes, n, "v3.moec", 0, &c, &err),
                      MOEC_ERR_UNSUPPORTED);
-    assert_non_null(strstr(err.msg, "version 2 is newer"));
-    bytes[8] = 1;
-    assert_int_equal(moec_container_open_mem(bytes, n, "v1.moec", 0, &c, &err), MOEC_ERR_FORMAT);
+    assert_non_null(strstr(err.msg, "version 3 is newer"));
+    bytes[8] = MOEC_CONTAINER_VERSION;
+    assert_int_equal(moec_container_open_mem(bytes, n, "v2.moec", 0, &c, &err), MOEC_ERR_FORMAT);
     assert_non_null(strstr(err.msg, "checksum mismatch"));
+    /* version 1 (no GGML tensor here) still reads */
+    bytes[8] = 1;
+    reseal_header(bytes, n);
+    assert_int_equal(moec_container_open_mem(bytes, n, "v1.moec", 0, &c, &err), MOEC_OK);
+    moec_container_close(c);
+    bytes[8] = MOEC_CONTAINER_VERSION;
+    reseal_header(bytes, n);
 
     assert_int_equal(moec_container_open("/nonexistent/x.moec", 0, &c, &err), MOEC_ERR_IO);
     assert_non_null(strstr(err.msg, "/nonexistent/x.moec"));
@@ -998,6 +1068,7 @@ int main(void)
         cmocka_unit_test(test_every_byte_flipped),
         cmocka_unit_test(test_every_truncation),
         cmocka_unit_test(test_magic_and_version),
+        cmocka_unit_test(test_ggml_storage),
         cmocka_unit_test(test_failed_write_leaves_nothing),
         cmocka_unit_test(test_writer_rejects_bad_tensors),
         cmocka_unit_test(test_empty_and_saving_threshold),

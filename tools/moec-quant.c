@@ -13,6 +13,8 @@
 #include "cli.h"
 #include "model/model.h"
 #include "model/model_moec.h"
+#include "core/ggml_blocks.h"
+#include "quant/gguf_presets.h"
 #include "quant/presets.h"
 #include "quant/recipe.h"
 #include "tokenizer/tokenizer.h"
@@ -40,6 +42,18 @@ static bool parse_choices(const char *s, void *dest, char *why, size_t why_len)
         return false;
     }
     r->n_choices = n;
+    return true;
+}
+
+/* --grid T / --embed-grid T: a llama.cpp block type */
+static bool parse_grid(const char *s, void *dest, char *why, size_t why_len)
+{
+    moec_gblock b = moec_gblock_from_name(s);
+    if (!b) {
+        snprintf(why, why_len, "'%s' is not one of q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k", s);
+        return false;
+    }
+    *(moec_gblock *)dest = b;
     return true;
 }
 
@@ -136,10 +150,14 @@ static void list_presets(bool json)
 static void summary(const moec_quant_report *rep, const moec_quant_recipe *r, const char *out, double file_bpw,
                     uint64_t file_bytes)
 {
-    printf("%s %s, group %d%s\n", r->method == MOEC_QMETHOD_GPTQ ? "GPTQ" : "RTN",
-           r->avg_bits > 0 ? (r->alloc == MOEC_QALLOC_MCMOE ? "MC-MoE mixed precision" : "uniform split")
-                           : "uniform",
-           r->group, r->smooth ? ", EAQuant" : "");
+    if (r->gplan)
+        printf("%s on llama.cpp types (%s)%s\n", r->method == MOEC_QMETHOD_GPTQ ? "GPTQ" : "RTN", r->gplan->name,
+               r->smooth ? ", EAQuant" : "");
+    else
+        printf("%s %s, group %d%s\n", r->method == MOEC_QMETHOD_GPTQ ? "GPTQ" : "RTN",
+               r->avg_bits > 0 ? (r->alloc == MOEC_QALLOC_MCMOE ? "MC-MoE mixed precision" : "uniform split")
+                               : "uniform",
+               r->group, r->smooth ? ", EAQuant" : "");
     for (int l = 0; l < rep->n_layers; l++) {
         const moec_quant_layer_report *L = &rep->layers[l];
         if (L->n_experts == 0)
@@ -234,11 +252,15 @@ int main(int argc, char **argv)
     double smooth_alpha = 0.5;
     bool list = false, clip = false, eaquant = false, no_align = false, no_balance = false;
     bool json = false, force = false;
+    moec_gblock grid = MOEC_GB_NONE, embed_grid = MOEC_GB_NONE;
     cli_opt opts[] = {
         CLI_SECTION("Recipe"),
         {"preset", 0, CLI_STRING, "NAME", &preset_name,
          .help = "a measured-best recipe by name (--list-presets shows them with their KL and size); options "
-                 "given beside it override its values"},
+                 "given beside it override its values. Or llama.cpp's per-tensor types of Q4_K_M, Q3_K_M, Q2_K, "
+                 "Q8_0, Q4_0, Q4_1, Q5_0 or Q5_1 (which tensors take Q6_K, Q5_K, ..., as llama-quantize chooses "
+                 "them for MoE models) for every weight matrix, embeddings and head included, quantized by "
+                 "--method on those grids; moec-export --gguf then copies the blocks (--bits is not needed)"},
         {"list-presets", 0, CLI_FLAG, NULL, &list, .help = "print the presets and exit (with --json, as JSON)"},
         {"bits", 0, CLI_INT, "B", &g.bits, 1, 8,
          .help = "code width of the routed experts (uniform), the shared expert and dense MLPs, 1..8; with "
@@ -259,6 +281,14 @@ int main(int argc, char **argv)
         {"attn-bits", 0, CLI_INT, "B", &g.attn_bits, 1, 8, .help = "their width (default: --bits; implies --attn)"},
         {"embed-bits", 0, CLI_INT, "B", &g.embed_bits, 0, 8,
          .help = "quantize embeddings and lm_head by RTN at B bits (groups of 64); 0 keeps them (the default)"},
+        {"grid", 0, CLI_CUSTOM, "T", &grid, .parse = parse_grid,
+         .help = "llama.cpp block type for the routed experts, shared expert and dense MLPs (q8_0, q4_0, q4_1, "
+                 "q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k): each block's scales (and mins) are chosen as the "
+                 "type stores them, then the method (GPTQ's error feedback, or RTN) quantizes on that grid; the "
+                 ".moec keeps the blocks and moec-export --gguf copies them as they are. With --attn, the "
+                 "attention projections take T too. Not with --avg-bits"},
+        {"embed-grid", 0, CLI_CUSTOM, "T", &embed_grid, .parse = parse_grid,
+         .help = "with --grid: embeddings and lm_head in type T by round-to-nearest"},
         CLI_SECTION("Calibration"),
         CLI_OPT_TEXT(&texts, "calibration text; needed by gptq, --eaquant and MC-MoE's measured losses"),
         {"stats", 0, CLI_STRING, "STATS", &stats_path,
@@ -371,13 +401,15 @@ int main(int argc, char **argv)
     g.smooth_alpha = (float)smooth_alpha;
 
     const moec_quant_preset *preset = NULL;
-    if (preset_name && !(preset = moec_quant_preset_find(preset_name))) {
+    const bool gguf_preset = preset_name && !moec_quant_preset_find(preset_name) && moec_gplan_is_preset(preset_name);
+    if (preset_name && !gguf_preset && !(preset = moec_quant_preset_find(preset_name))) {
         char names[256] = "";
         for (int i = 0; i < moec_quant_preset_count(); i++) {
             size_t k = strlen(names);
             snprintf(names + k, sizeof names - k, "%s%s", i ? ", " : "", moec_quant_preset_at(i)->name);
         }
-        cli_usage_error("--preset: unknown preset '%s' (%s; --list-presets describes them)", preset_name, names);
+        cli_usage_error("--preset: unknown preset '%s' (%s; --list-presets describes them; llama.cpp's: Q4_K_M, "
+                        "Q3_K_M, Q2_K, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1)", preset_name, names);
     }
     if (preset && preset->kind != MOEC_QPRESET_RECIPE)
         cli_die("--preset %s: this kind of preset is not supported by moec-quant", preset->name);
@@ -392,7 +424,15 @@ int main(int argc, char **argv)
         snprintf(who, sizeof who, "--preset %s (GPTQ)", preset->name);
     else
         snprintf(who, sizeof who, "--method gptq");
-    if (!preset && src[MOEC_QF_BITS] == MOEC_QSRC_DEFAULT)
+    if (gguf_preset && (grid || embed_grid))
+        cli_usage_error("--preset %s gives every tensor its type; it does not combine with --grid/--embed-grid",
+                        preset_name);
+    if (embed_grid && !grid)
+        cli_usage_error("--embed-grid goes with --grid");
+    if ((grid || gguf_preset) && r.avg_bits > 0)
+        cli_usage_error("--avg-bits: a layer's experts share one type in llama.cpp's files, so per-expert widths do "
+                        "not combine with --grid/--preset %s", gguf_preset ? preset_name : "");
+    if (!preset && !gguf_preset && !grid && src[MOEC_QF_BITS] == MOEC_QSRC_DEFAULT)
         cli_usage_error("missing --bits B or --preset NAME (--list-presets shows the presets)");
     if (!out)
         cli_usage_error("missing -o OUT.moec");
@@ -445,6 +485,17 @@ int main(int argc, char **argv)
         cal.stats = stats;
     }
 
+    moec_gplan plan;
+    if (gguf_preset) {
+        if (moec_gplan_preset(&plan, &m->cfg, preset_name, &err))
+            cli_die_err(&err);
+        r.gplan = &plan;
+        r.attn = true;
+    } else if (grid) {
+        moec_gplan_uniform(&plan, &m->cfg, grid, r.attn ? grid : MOEC_GB_NONE, embed_grid, embed_grid);
+        r.gplan = &plan;
+    }
+
     moec_quant_report rep;
     moec_model *q = NULL;
     if (moec_quant_model(m, &cal, &r, &q, &rep, cli_quant_progress, NULL, &err))
@@ -454,6 +505,10 @@ int main(int argc, char **argv)
         cli_die("out of memory");
     cJSON_AddStringToObject(j, "model", model_path);
     recipe_sources_json(j, preset, &r, src);
+    if (r.gplan) { /* llama.cpp's per-tensor types: the plan's name (a preset, or "grid") */
+        cJSON_DeleteItemFromObjectCaseSensitive(j, "preset");
+        cJSON_AddStringToObject(j, "preset", r.gplan->name);
+    }
     cli_json_add_version(j);
     char *report_text = cJSON_PrintUnformatted(j);
     if (!report_text)

@@ -49,6 +49,51 @@ moec_status moec_qformat_sizes(int64_t rows, int64_t cols, int bits, int group,
     return MOEC_OK;
 }
 
+moec_status moec_qformat_block_bytes(int64_t rows, int64_t cols, moec_gblock t, size_t *codes_bytes,
+                                     moec_err *err)
+{
+    const moec_gblock_traits *tr = moec_gblock_info(t);
+    if (!tr)
+        return moec_err_set(err, MOEC_ERR_ARG, "unknown llama.cpp block type %d", (int)t);
+    if (rows < 1 || cols < 1 || cols > (INT64_C(1) << 56) || rows > (INT64_C(1) << 56))
+        return moec_err_set(err, MOEC_ERR_ARG, "quantized matrix shape [%lld][%lld] out of range", (long long)rows,
+                            (long long)cols);
+    if (cols % tr->block)
+        return moec_err_set(err, MOEC_ERR_ARG, "%s needs rows of a multiple of %d weights, found %lld", tr->name,
+                            tr->block, (long long)cols);
+    size_t b = mul_or_zero((size_t)rows, moec_gblock_row_bytes(t, cols));
+    if (b == 0)
+        return moec_err_set(err, MOEC_ERR_ARG, "quantized matrix [%lld][%lld] too large to address",
+                            (long long)rows, (long long)cols);
+    *codes_bytes = b;
+    return MOEC_OK;
+}
+
+static moec_status validate_blocks(const moec_qformat *f, const char *name, moec_err *err)
+{
+    size_t cb = 0;
+    moec_status st = moec_qformat_block_bytes(f->rows, f->cols, f->gblock, &cb, err);
+    if (st != MOEC_OK)
+        return moec_err_prefix(err, "%s", name);
+    const moec_gblock_traits *tr = moec_gblock_info(f->gblock);
+    if (f->codes_bytes != cb || f->scales_bytes || f->zeros_bytes || f->scales || f->zeros)
+        return moec_err_set(err, MOEC_ERR_FORMAT,
+                            "%s: %s blocks of [%lld][%lld] need %zu bytes and no scales or zeros, found "
+                            "%zu/%zu/%zu",
+                            name, tr->name, (long long)f->rows, (long long)f->cols, cb, f->codes_bytes,
+                            f->scales_bytes, f->zeros_bytes);
+    if (f->bits != tr->bits || f->group != tr->block || f->symmetric != !tr->has_min)
+        return moec_err_set(err, MOEC_ERR_FORMAT, "%s: %s blocks described as %d-bit groups of %d", name,
+                            tr->name, f->bits, f->group);
+    if (!f->codes)
+        return moec_err_set(err, MOEC_ERR_FORMAT, "%s: missing block buffer", name);
+    int64_t bad = 0;
+    if (!moec_gblock_finite(f->gblock, f->codes, (int64_t)(cb / (size_t)tr->bytes), &bad))
+        return moec_err_set(err, MOEC_ERR_FORMAT, "%s: %s block %lld (row %lld) has a scale that is not finite",
+                            name, tr->name, (long long)bad, (long long)(bad / (f->cols / tr->block)));
+    return MOEC_OK;
+}
+
 moec_status moec_qformat_validate(const moec_qformat *f, const char *name,
                                   moec_err *err)
 {
@@ -56,6 +101,8 @@ moec_status moec_qformat_validate(const moec_qformat *f, const char *name,
         name = "quantized tensor";
     if (!f)
         return moec_err_set(err, MOEC_ERR_ARG, "%s: no format", name);
+    if (f->gblock != MOEC_GB_NONE)
+        return validate_blocks(f, name, err);
     size_t cb = 0, sb = 0, zb = 0;
     moec_status st = moec_qformat_sizes(f->rows, f->cols, f->bits, f->group,
                                         f->symmetric, &cb, &sb, &zb, err);
@@ -153,6 +200,11 @@ int moec_qformat_zero(const moec_qformat *f, int64_t r, int64_t g)
 
 void moec_qformat_dequant_row(const moec_qformat *f, int64_t r, float *out)
 {
+    if (f->gblock != MOEC_GB_NONE) {
+        const size_t rb = moec_gblock_row_bytes(f->gblock, f->cols);
+        moec_gblock_dequant(f->gblock, f->codes + (size_t)r * rb, out, f->cols);
+        return;
+    }
     const int64_t ng = moec_qformat_ngroups(f);
     const size_t stride = moec_qformat_packed_bytes(f->cols, f->bits);
     const uint8_t *row = f->codes + (size_t)r * stride;
@@ -234,6 +286,29 @@ moec_status moec_qmatrix_alloc(moec_qmatrix *m, int64_t rows, int64_t cols,
     m->f.codes_bytes = cb;
     m->f.scales_bytes = sb;
     m->f.zeros_bytes = zb;
+    return MOEC_OK;
+}
+
+moec_status moec_qmatrix_alloc_blocks(moec_qmatrix *m, int64_t rows, int64_t cols, moec_gblock t,
+                                      moec_err *err)
+{
+    memset(m, 0, sizeof *m);
+    size_t cb = 0;
+    moec_status st = moec_qformat_block_bytes(rows, cols, t, &cb, err);
+    if (st != MOEC_OK)
+        return st;
+    if (!(m->codes = calloc(cb, 1)))
+        return moec_err_set(err, MOEC_ERR_NOMEM, "out of memory for a [%lld][%lld] %s matrix", (long long)rows,
+                            (long long)cols, moec_gblock_info(t)->name);
+    const moec_gblock_traits *tr = moec_gblock_info(t);
+    m->f.gblock = t;
+    m->f.bits = tr->bits;
+    m->f.group = tr->block;
+    m->f.symmetric = !tr->has_min;
+    m->f.rows = rows;
+    m->f.cols = cols;
+    m->f.codes = m->codes;
+    m->f.codes_bytes = cb;
     return MOEC_OK;
 }
 

@@ -30,6 +30,18 @@
  *
  * Bits per weight (moec_qformat_bpw) count all three buffers, row padding
  * included: 8 * (codes_bytes + scales_bytes + zeros_bytes) / (rows * cols).
+ *
+ * llama.cpp block types (gblock != MOEC_GB_NONE, core/ggml_blocks.h): the
+ * same view then describes rows of ggml blocks kept verbatim, so that
+ * whatever holds, stores or runs quantized matrices holds these too.
+ *   codes   [rows][moec_gblock_row_bytes(gblock, cols)]: each row's blocks,
+ *           exactly as a GGUF file stores them; cols is a multiple of the
+ *           type's block size;
+ *   scales, zeros  NULL, 0 bytes (the parameters live inside the blocks);
+ *   bits    the type's code width, group its block size (32 or 256),
+ *           symmetric = the type has no min (informative only).
+ * Dequantization is ggml's (moec_gblock_dequant); moec_qformat_scale,
+ * moec_qformat_zero(s) and the packed-code kernels do not apply.
  */
 #ifndef MOEC_CORE_QFORMAT_H
 #define MOEC_CORE_QFORMAT_H
@@ -39,6 +51,7 @@
 #include <stdint.h>
 
 #include "core/error.h"
+#include "core/ggml_blocks.h"
 #include "core/tensor.h"
 
 #define MOEC_QBITS_MIN 1
@@ -55,6 +68,7 @@ typedef struct moec_qformat {
     const uint16_t *scales; /* [rows][ngroups] F16 */
     const uint8_t *zeros;  /* [rows][zero_row_bytes] packed b-bit zeros, asymmetric only */
     size_t codes_bytes, scales_bytes, zeros_bytes;
+    moec_gblock gblock;    /* MOEC_GB_NONE: the group-wise layout; else llama.cpp blocks (see above) */
 } moec_qformat;
 
 /* An owning quantized matrix: malloc'd buffers plus the view `f` of them.
@@ -84,10 +98,17 @@ moec_status moec_qformat_sizes(int64_t rows, int64_t cols, int bits, int group,
                                size_t *scales_bytes, size_t *zeros_bytes,
                                moec_err *err);
 
+/* Bytes of the block rows of a [rows][cols] matrix in llama.cpp type t.
+ * Fails with MOEC_ERR_ARG when t is not a block type, cols is not a
+ * multiple of its block size, or the shape is out of range. */
+moec_status moec_qformat_block_bytes(int64_t rows, int64_t cols, moec_gblock t, size_t *codes_bytes,
+                                     moec_err *err);
+
 /* Checks a view read from untrusted storage before anything dereferences it:
  * parameters in range, buffer sizes equal to moec_qformat_sizes, pointers
- * present (zeros absent iff symmetric) and every scale finite. `name` (may be
- * NULL) names the tensor in the message. */
+ * present (zeros absent iff symmetric) and every scale finite (for block
+ * types: the row bytes, and every block's F16 scale and min finite). `name`
+ * (may be NULL) names the tensor in the message. */
 moec_status moec_qformat_validate(const moec_qformat *f, const char *name,
                                   moec_err *err);
 
@@ -130,11 +151,17 @@ moec_status moec_qmatrix_alloc(moec_qmatrix *m, int64_t rows, int64_t cols,
                                int bits, int group, bool symmetric,
                                moec_err *err);
 
+/* The same for llama.cpp blocks of type t (zero-filled codes; scales and
+ * zeros NULL). */
+moec_status moec_qmatrix_alloc_blocks(moec_qmatrix *m, int64_t rows, int64_t cols, moec_gblock t,
+                                      moec_err *err);
+
 /* Frees the buffers of m and clears it; m itself is the caller's. */
 void moec_qmatrix_free(moec_qmatrix *m);
 
 /* Stores row r from unpacked values: codes[cols], scales[ngroups] (F16) and,
- * when asymmetric, zeros[ngroups] (ignored when symmetric; may be NULL). */
+ * when asymmetric, zeros[ngroups] (ignored when symmetric; may be NULL).
+ * Group-wise layout only. */
 void moec_qmatrix_set_row(moec_qmatrix *m, int64_t r, const uint8_t *codes,
                           const uint16_t *scales, const uint8_t *zeros);
 

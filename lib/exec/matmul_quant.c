@@ -6,6 +6,7 @@
 
 #include "core/dtype.h"
 #include "exec/matmul.h"
+#include "exec/matmul_gblocks.h"
 #include "core/qformat.h"
 #include "exec/qgemv.h"
 
@@ -36,7 +37,7 @@ void moec_matmul_quant_force_path(int path)
 
 int64_t moec_matmul_quant_direct_max_n(const moec_tensor *W)
 {
-    if (!W || !W->q || strcmp(moec_qgemm_kernel(W->q), "avx512") != 0)
+    if (!W || !W->q || W->q->gblock || strcmp(moec_qgemm_kernel(W->q), "avx512") != 0)
         return 0;
     return W->q->bits <= 4 ? DIRECT_MAX_N_LUT : DIRECT_MAX_N_CVT;
 }
@@ -407,6 +408,10 @@ void moec_matmul_quant(moec_pool *pool, float *y, int64_t ldy, const float *x, i
     const int64_t rows = r1 - r0, K = f->cols;
     if (n <= 0 || rows <= 0)
         return;
+    if (f->gblock) { /* llama.cpp blocks: their own file */
+        moec_matmul_gblocks(pool, y, ldy, x, ldx, n, W, r0, r1, accumulate);
+        return;
+    }
     const int path = atomic_load_explicit(&forced_path, memory_order_relaxed);
     struct qjob j = {
         .pool = pool,

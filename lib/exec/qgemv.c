@@ -73,7 +73,7 @@ moec_status moec_qgemm_ex(const moec_qformat *f, const float *x, int64_t ldx, in
                           float *y, int64_t ldy, int64_t r0, int64_t r1, bool accumulate,
                           moec_err *err)
 {
-    if (f && moec_qgemm_kernel(f)[0] == 'a')
+    if (f && !f->gblock && moec_qgemm_kernel(f)[0] == 'a') /* llama.cpp blocks: portable (dequant_row) */
         return moec_qgemm_avx512_ex(f, x, ldx, n, y, ldy, r0, r1, accumulate, err);
     return moec_qgemm_portable_ex(f, x, ldx, n, y, ldy, r0, r1, accumulate, err);
 }

@@ -22,14 +22,15 @@ moec_status moec_model_set_quant(moec_model *m, moec_tensor *t, const moec_qform
         return st;
     moec_qformat *q = moec_model_alloc(m, sizeof *q);
     uint8_t *codes = moec_model_alloc(m, f->codes_bytes);
-    uint16_t *scales = moec_model_alloc(m, f->scales_bytes);
-    uint8_t *zeros = f->symmetric ? NULL : moec_model_alloc(m, f->zeros_bytes);
-    if (!q || !codes || !scales || (!f->symmetric && !zeros))
+    uint16_t *scales = f->scales_bytes ? moec_model_alloc(m, f->scales_bytes) : NULL;
+    uint8_t *zeros = f->zeros_bytes ? moec_model_alloc(m, f->zeros_bytes) : NULL;
+    if (!q || !codes || (f->scales_bytes && !scales) || (f->zeros_bytes && !zeros))
         return moec_err_set(err, MOEC_ERR_NOMEM, "%s: out of memory for a %lldx%lld quantized tensor",
                             name ? name : "tensor", (long long)f->rows, (long long)f->cols);
     *q = *f;
     memcpy(codes, f->codes, f->codes_bytes);
-    memcpy(scales, f->scales, f->scales_bytes);
+    if (scales)
+        memcpy(scales, f->scales, f->scales_bytes);
     if (zeros)
         memcpy(zeros, f->zeros, f->zeros_bytes);
     q->codes = codes;
@@ -146,6 +147,12 @@ static moec_status save_slot(void *vctx, const moec_slot *s, moec_err *err)
             return moec_err_set(err, MOEC_ERR_INTERNAL, "tensor %s: format %lldx%lld, view %lldx%lld", s->name,
                                 (long long)f->rows, (long long)f->cols, (long long)t->shape[0],
                                 (long long)t->shape[1]);
+        if (f->gblock) { /* llama.cpp blocks, verbatim */
+            d.type.storage = MOEC_STORAGE_GGML;
+            d.type.bits = moec_gblock_info(f->gblock)->ggml_type;
+            d.sections[d.n_sections++] = (moec_csection){MOEC_SECTION_DATA, f->codes, f->codes_bytes};
+            return moec_container_writer_add_tensor(ctx->w, &d, err);
+        }
         d.type.storage = MOEC_STORAGE_GROUPWISE;
         d.type.bits = f->bits;
         d.type.group = f->group;
@@ -282,6 +289,28 @@ static moec_status bind_slot(void *vctx, const moec_slot *s, moec_err *err)
         return st;
     const void *data;
     size_t size;
+    if (ty->storage == MOEC_STORAGE_GGML) {
+        if (s->ndim != 2)
+            return moec_err_set(err, MOEC_ERR_UNSUPPORTED,
+                                "tensor %s is stored in llama.cpp blocks; moec quantizes only 2-D weights", s->name);
+        moec_qformat *f = moec_model_alloc(ctx->m, sizeof *f);
+        if (!f)
+            return moec_err_set(err, MOEC_ERR_NOMEM, "out of memory");
+        const moec_gblock_traits *tr = moec_gblock_info(moec_gblock_from_ggml(ty->bits));
+        f->gblock = moec_gblock_from_ggml(ty->bits);
+        f->bits = tr->bits;
+        f->group = tr->block;
+        f->symmetric = !tr->has_min;
+        f->rows = ty->shape[0];
+        f->cols = ty->shape[1];
+        if ((st = section_bytes(ctx, i, MOEC_SECTION_DATA, &data, &f->codes_bytes, s->name, err)))
+            return st;
+        f->codes = data;
+        if ((st = moec_qformat_validate(f, s->name, err)))
+            return st;
+        *s->t = moec_qformat_tensor(f);
+        return MOEC_OK;
+    }
     if (ty->storage != MOEC_STORAGE_GROUPWISE) {
         if ((st = section_bytes(ctx, i, MOEC_SECTION_DATA, &data, &size, s->name, err)))
             return st;

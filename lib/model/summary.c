@@ -46,6 +46,8 @@ static void storage_label(const moec_ctensor_type *t, char *buf, size_t cap)
 {
     if (t->storage == MOEC_STORAGE_GROUPWISE)
         snprintf(buf, cap, "q%d_g%d%s", t->bits, t->group, t->symmetric ? "_sym" : "");
+    else if (t->storage == MOEC_STORAGE_GGML && moec_gblock_from_ggml(t->bits))
+        snprintf(buf, cap, "%s", moec_gblock_info(moec_gblock_from_ggml(t->bits))->name);
     else
         snprintf(buf, cap, "%s", moec_storage_name(t->storage));
 }
