@@ -343,6 +343,45 @@ void moec_matmul_ex(moec_pool *pool, float *y, int64_t ldy, const float *x, int6
     moec_pool_run(pool, worker, &j);
 }
 
+void moec_matmul_share(moec_pool *pool, int thread, float *y, int64_t ldy, const float *x, int64_t ldx,
+                       int64_t n, const moec_tensor *W, int64_t r0, int64_t r1, bool accumulate)
+{
+    if (W && W->dtype == MOEC_DT_QUANT) {
+        moec_matmul_quant_share(pool, thread, y, ldy, x, ldx, n, W, r0, r1, accumulate);
+        return;
+    }
+    if (!W || W->ndim != 2 || !moec_dtype_is_compute(W->dtype) || !x || !y)
+        return;
+    const int64_t rows = r1 - r0, K = moec_tensor_cols(W);
+    if (n <= 0 || rows <= 0 || r0 < 0 || r1 > moec_tensor_rows(W) || ldx < K || ldy < rows ||
+        (K > 0 && !W->data))
+        return;
+    const moec_mm_kernels *kern = kernels();
+    struct job j = {
+        .kern = kern,
+        .pool = pool,
+        .y = y,
+        .ldy = ldy,
+        .x = x,
+        .ldx = ldx,
+        .n = n,
+        .dt = (int)W->dtype,
+        .es = moec_dtype_size(W->dtype),
+        .rows = rows,
+        .K = K,
+        .acc = accumulate,
+        .direct = n <= kern->direct_max_n,
+        .chunk = rows,
+    };
+    j.w = (const char *)W->data + (size_t)(r0 * K) * j.es;
+    if (K == 0) {
+        for (int64_t i = 0; i < n && !accumulate; i++)
+            memset(y + i * ldy, 0, (size_t)rows * sizeof(float));
+        return;
+    }
+    part(&j, thread, y, x, n, j.w, rows);
+}
+
 void moec_matmul_rows(moec_pool *pool, float *y, const float *x, int64_t n, const moec_tensor *W,
                       int64_t r0, int64_t r1, bool accumulate)
 {

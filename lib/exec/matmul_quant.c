@@ -28,6 +28,17 @@
 #define DIRECT_MAX_N_CVT 4
 
 static _Atomic int forced_path;
+static _Atomic bool int8_acts = true;
+
+void moec_matmul_quant_int8_activations(bool on)
+{
+    atomic_store_explicit(&int8_acts, on, memory_order_relaxed);
+}
+
+bool moec_matmul_quant_int8_activations_on(void)
+{
+    return atomic_load_explicit(&int8_acts, memory_order_relaxed);
+}
 
 void moec_matmul_quant_force_path(int path)
 {
@@ -350,10 +361,14 @@ static void release(void *p, bool own)
         free(p);
 }
 
-/* qgemm on f's rows [a, b) into y columns [a - r0, b - r0). */
+/* qgemm on f's rows [a, b) into y columns [a - r0, b - r0); one token
+ * with integer dot products where the format and CPU allow it. */
 static bool direct_part(const struct qjob *j, int64_t a, int64_t b)
 {
     const moec_qformat s = sub_rows(j->f, a, b);
+    if (j->n == 1 && atomic_load_explicit(&int8_acts, memory_order_relaxed) && moec_qgemv_q8_supported(&s) &&
+        moec_qgemv_q8(&s, j->x, j->y + (a - j->r0), 0, b - a, j->acc, NULL) == MOEC_OK)
+        return true;
     return moec_qgemm_ex(&s, j->x, j->ldx, j->n, j->y + (a - j->r0), j->ldy, 0, b - a, j->acc,
                          NULL) == MOEC_OK;
 }
@@ -388,9 +403,10 @@ static bool tile_part(const struct qjob *j, int thread, int64_t a, int64_t b)
 
 static void qworker(void *ctx, int thread, int n_threads)
 {
-    (void)n_threads;
     const struct qjob *j = ctx;
-    const int64_t a = j->r0 + (int64_t)thread * j->chunk;
+    /* one share of the whole range (moec_matmul_quant_share): thread only
+     * names the scratch */
+    const int64_t a = j->r0 + (n_threads == 1 ? 0 : (int64_t)thread * j->chunk);
     if (a >= j->r1)
         return;
     const int64_t b = a + j->chunk < j->r1 ? a + j->chunk : j->r1;
@@ -441,3 +457,29 @@ void moec_matmul_quant(moec_pool *pool, float *y, int64_t ldy, const float *x, i
     }
     moec_pool_run(pool, qworker, &j);
 }
+
+void moec_matmul_quant_share(moec_pool *pool, int thread, float *y, int64_t ldy, const float *x, int64_t ldx,
+                             int64_t n, const moec_tensor *W, int64_t r0, int64_t r1, bool accumulate)
+{
+    const int64_t rows = r1 - r0;
+    if (n <= 0 || rows <= 0)
+        return;
+    const int path = atomic_load_explicit(&forced_path, memory_order_relaxed);
+    struct qjob j = {
+        .pool = pool,
+        .f = W->q,
+        .y = y,
+        .ldy = ldy,
+        .x = x,
+        .ldx = ldx,
+        .n = n,
+        .r0 = r0,
+        .r1 = r1,
+        .chunk = rows,
+        .acc = accumulate,
+        .direct = path == 1 || (path == 0 && n <= moec_matmul_quant_direct_max_n(W)),
+        .fallback_only = path == 3,
+    };
+    qworker(&j, thread, 1);
+}
+
