@@ -3,6 +3,7 @@
 #include "exec/exec.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -313,14 +314,28 @@ static const float *act_quant(moec_exec *ex, const float *x, int rows, int cols)
  * products do): waking the workers would cost more than it saves. */
 #define PAR_MIN_FLOPS 49152
 
-/* Share t of nt of `rows` output rows: equal slices in multiples of 16 rows
- * (no two workers write one 64-byte line of y). */
-static void share_rows(int64_t rows, int t, int nt, int64_t *a, int64_t *b)
+/* Work is handed out in chunks of output rows claimed from a shared
+ * counter (as matmul.c does): a worker the OS preempts on a busy machine
+ * holds up one chunk, not half the job. Chunks are multiples of 16 rows (no
+ * two workers write one 64-byte line of y), about CLAIMS_PER_WORKER per
+ * worker. */
+#define CLAIMS_PER_WORKER 8
+
+static int64_t chunk_rows(int64_t rows, int nt)
 {
-    int64_t per = (rows + nt - 1) / nt;
-    per = (per + 15) / 16 * 16;
-    *a = (int64_t)t * per < rows ? (int64_t)t * per : rows;
-    *b = *a + per < rows ? *a + per : rows;
+    int64_t per = (rows + (int64_t)nt * CLAIMS_PER_WORKER - 1) / ((int64_t)nt * CLAIMS_PER_WORKER);
+    return (per + 15) / 16 * 16;
+}
+
+/* Claims the next chunk of [0, rows) in chunks of ch: false when none is left. */
+static bool claim_rows(_Atomic int64_t *next, int64_t rows, int64_t ch, int64_t *a, int64_t *b)
+{
+    const int64_t c = atomic_fetch_add_explicit(next, 1, memory_order_relaxed);
+    if (c * ch >= rows)
+        return false;
+    *a = c * ch;
+    *b = *a + ch < rows ? *a + ch : rows;
+    return true;
 }
 
 /* y[n][out] (+)= x[n][in] · Wᵀ. */
@@ -350,24 +365,34 @@ static void run_job(moec_exec *ex, moec_pool_fn fn, void *job, moec_pool **job_p
     moec_pool_run(ex->pool, fn, job);
 }
 
-/* Up to three products of the same input in one run: y_i[n][rows_i] = x · W_iᵀ. */
+/* Up to three products of the same input in one run: y_i[n][rows_i] = x ·
+ * W_iᵀ, the rows of all three claimed as one sequence of chunks. */
 typedef struct {
     moec_pool *pool;
     const float *x;
     int n, count;
     const moec_tensor *W[3];
     float *y[3];
+    int64_t ch;               /* rows per chunk */
+    int64_t total;            /* chunks of W[0], W[1], W[2] back to back, in rows of ch */
+    int64_t first[4];         /* first chunk of each W */
+    _Atomic int64_t next;
 } multi_job;
 
 static void multi_worker(void *vjob, int t, int nt)
 {
+    (void)nt;
     multi_job *j = vjob;
-    for (int i = 0; i < j->count; i++) {
+    for (;;) {
+        const int64_t c = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+        if (c >= j->total)
+            return;
+        int i = 0;
+        while (c >= j->first[i + 1])
+            i++;
         const int64_t rows = moec_tensor_rows(j->W[i]), K = moec_tensor_cols(j->W[i]);
-        int64_t a, b;
-        share_rows(rows, t, nt, &a, &b);
-        if (a < b)
-            moec_matmul_share(j->pool, t, j->y[i] + a, rows, j->x, K, j->n, j->W[i], a, b, false);
+        const int64_t a = (c - j->first[i]) * j->ch, b = a + j->ch < rows ? a + j->ch : rows;
+        moec_matmul_share(j->pool, t, j->y[i] + a, rows, j->x, K, j->n, j->W[i], a, b, false);
     }
 }
 
@@ -375,12 +400,21 @@ static void linear_multi(moec_exec *ex, const float *x, int n, int count, const 
 {
     multi_job j = {.x = x, .n = n, .count = count};
     double flops = 0;
+    int64_t most = 0;
+    for (int i = 0; i < count; i++) {
+        const int64_t rows = moec_tensor_rows(W[i]);
+        most = rows > most ? rows : most;
+        flops += 2.0 * n * (double)rows * (double)moec_tensor_cols(W[i]);
+        ex->wbytes += weight_bytes(W[i], 0, rows);
+    }
+    j.ch = chunk_rows(most, moec_pool_size(ex->pool));
     for (int i = 0; i < count; i++) {
         j.W[i] = W[i];
         j.y[i] = y[i];
-        flops += 2.0 * n * (double)moec_tensor_rows(W[i]) * (double)moec_tensor_cols(W[i]);
-        ex->wbytes += weight_bytes(W[i], 0, moec_tensor_rows(W[i]));
+        j.first[i + 1] = j.first[i] + (moec_tensor_rows(W[i]) + j.ch - 1) / j.ch;
     }
+    j.total = j.first[count];
+    atomic_init(&j.next, 0);
     run_job(ex, multi_worker, &j, &j.pool, flops);
 }
 
@@ -389,6 +423,7 @@ static void linear_multi(moec_exec *ex, const float *x, int n, int count, const 
 typedef struct {
     moec_exec *ex;
     int layer, n, p0;
+    _Atomic int next;     /* the next head to claim */
 } attn_job;
 
 /* One head: scores = q·kᵀ/√hd over the cached positions (causal), softmax, · v. */
@@ -436,10 +471,12 @@ static void attend_head(moec_exec *ex, int layer, int h, int n, int p0, float *s
     }
 }
 
+/* Heads are claimed one at a time (a preempted worker holds up one head). */
 static void attn_worker(void *vjob, int t, int nt)
 {
+    (void)nt;
     attn_job *job = vjob;
-    for (int h = t; h < job->ex->m->cfg.n_heads; h += nt)
+    for (int h; (h = atomic_fetch_add_explicit(&job->next, 1, memory_order_relaxed)) < job->ex->m->cfg.n_heads;)
         attend_head(job->ex, job->layer, h, job->n, job->p0, job->ex->scores[t]);
 }
 static void attention_block(moec_exec *ex, int l, int n)
@@ -483,7 +520,7 @@ static void attention_block(moec_exec *ex, int l, int n)
     prof_stop(ex, MOEC_OP_QKV, t0);
     {
         t0 = prof_start(ex);
-        attn_job job = {ex, l, n, p0};
+        attn_job job = {ex, l, n, p0, 0};
         moec_pool_run(ex->pool, attn_worker, &job);
         prof_stop(ex, MOEC_OP_ATTN, t0);
     }
@@ -519,43 +556,56 @@ typedef struct {
     float *Y;             /* [rows][d] outputs */
     bool acc;             /* Y += instead of = */
     int combine_n;        /* > 0: routed[combine_n][d] = Σ row_gate·Y over tok (experts) */
+    int64_t ff;           /* the widest group's w1/w3 rows */
+    int64_t ch_up, ch_down; /* rows per chunk: of the w1/w3 rows (ff of them), of the w2 rows (d) */
+    _Atomic int64_t next_up, next_down;
 } ffn_job;
 
+/* A chunk: the same rows [a, b) of every group's w1 and w3, then the SiLU product there. */
 static void ffn_up_worker(void *vjob, int t, int nt)
 {
+    (void)nt;
     ffn_job *j = vjob;
     moec_exec *ex = j->ex;
-    for (int gi = 0; gi < j->ng; gi++) {
-        const ffn_group *g = &j->g[gi];
-        const int64_t ff = moec_tensor_rows(&g->f->w1);
-        int64_t a, b;
-        share_rows(ff, t, nt, &a, &b);
-        if (a >= b)
-            continue;
-        const float *x = j->X + (size_t)g->r0 * j->d;
-        float *h1 = ex->h1 + (size_t)g->r0 * j->ldh, *h3 = ex->h3 + (size_t)g->r0 * j->ldh;
-        moec_matmul_share(j->pool, t, h1 + a, j->ldh, x, j->d, g->rows, &g->f->w1, a, b, false);
-        moec_matmul_share(j->pool, t, h3 + a, j->ldh, x, j->d, g->rows, &g->f->w3, a, b, false);
-        for (int r = 0; r < g->rows; r++)
-            moec_silu_mul(h1 + (size_t)r * j->ldh + a, h3 + (size_t)r * j->ldh + a, b - a);
-    }
+    int64_t a0, b0;
+    while (claim_rows(&j->next_up, j->ff, j->ch_up, &a0, &b0))
+        for (int gi = 0; gi < j->ng; gi++) {
+            const ffn_group *g = &j->g[gi];
+            const int64_t ff = moec_tensor_rows(&g->f->w1), a = a0, b = b0 < ff ? b0 : ff;
+            if (a >= b)
+                continue;
+            const float *x = j->X + (size_t)g->r0 * j->d;
+            float *h1 = ex->h1 + (size_t)g->r0 * j->ldh, *h3 = ex->h3 + (size_t)g->r0 * j->ldh;
+            moec_matmul_share(j->pool, t, h1 + a, j->ldh, x, j->d, g->rows, &g->f->w1, a, b, false);
+            moec_matmul_share(j->pool, t, h3 + a, j->ldh, x, j->d, g->rows, &g->f->w3, a, b, false);
+            for (int r = 0; r < g->rows; r++)
+                moec_silu_mul(h1 + (size_t)r * j->ldh + a, h3 + (size_t)r * j->ldh + a, b - a);
+        }
 }
 
+static void ffn_down_rows(ffn_job *j, int t, int64_t a, int64_t b);
+
+/* A chunk: the same rows [a, b) of every group's w2 (columns of Y), then
+ * those columns of the gate-weighted sum. */
 static void ffn_down_worker(void *vjob, int t, int nt)
 {
+    (void)nt;
     ffn_job *j = vjob;
-    moec_exec *ex = j->ex;
     int64_t a, b;
-    share_rows(j->d, t, nt, &a, &b);
-    if (a >= b)
-        return;
+    while (claim_rows(&j->next_down, j->d, j->ch_down, &a, &b))
+        ffn_down_rows(j, t, a, b);
+}
+
+static void ffn_down_rows(ffn_job *j, int t, int64_t a, int64_t b)
+{
+    moec_exec *ex = j->ex;
     for (int gi = 0; gi < j->ng; gi++) {
         const ffn_group *g = &j->g[gi];
         moec_matmul_share(j->pool, t, j->Y + (size_t)g->r0 * j->d + a, j->d, j->H + (size_t)g->r0 * j->ldh, j->ldh,
                           g->rows, &g->f->w2, a, b, j->acc);
     }
     if (j->combine_n > 0) {
-        /* this worker's columns of the gate-weighted sum over each token's experts */
+        /* this chunk's columns of the gate-weighted sum over each token's experts */
         for (int i = 0; i < j->combine_n; i++)
             memset(ex->routed + (size_t)i * j->d + a, 0, (size_t)(b - a) * sizeof(float));
         const int rows = j->combine_n * ex->m->cfg.top_k;
@@ -570,15 +620,23 @@ static void ffn_run(moec_exec *ex, const ffn_group *g, int ng, const float *X, f
 {
     const int d = ex->m->cfg.hidden_size;
     int rows = 0;
+    int64_t ffw = 0;
     double flops = 0;
     for (int i = 0; i < ng; i++) {
         const int64_t ff = moec_tensor_rows(&g[i].f->w1);
+        ffw = ff > ffw ? ff : ffw;
         flops += 6.0 * g[i].rows * (double)ff * d;
         rows = g[i].r0 + g[i].rows > rows ? g[i].r0 + g[i].rows : rows;
         ex->wbytes += weight_bytes(&g[i].f->w1, 0, ff) + weight_bytes(&g[i].f->w3, 0, ff) +
                       weight_bytes(&g[i].f->w2, 0, d);
     }
     ffn_job j = {.ex = ex, .g = g, .ng = ng, .d = d, .ldh = ex->ffn_max, .Y = Y, .acc = acc, .combine_n = combine_n};
+    const int nt = moec_pool_size(ex->pool);
+    j.ff = ffw;
+    j.ch_up = chunk_rows(ffw, nt);
+    j.ch_down = chunk_rows(d, nt);
+    atomic_init(&j.next_up, 0);
+    atomic_init(&j.next_down, 0);
     j.X = act_quant(ex, X, rows, d);
     run_job(ex, ffn_up_worker, &j, &j.pool, flops * 2.0 / 3.0);
     /* activation quantization needs whole rows of h1: between the runs */
