@@ -23,7 +23,10 @@
 #
 # WORK (required, outside the repository) holds the checkpoints, GGUFs and
 # logs; per shape about 2.5x the checkpoint's size, deleted after the shape
-# unless KEEP=1. Environment: BIN (build/bin, Release), THREADS (2), ROUNDS
+# unless KEEP=1. Environment: BIN (build/bin, Release), THREADS (2),
+# DECODE_THREADS (thread counts of the decode pairs, "$THREADS 1": with one
+# thread neither tool waits on another thread, so that pair still compares
+# the kernels when a busy machine preempts threads), ROUNDS
 # (3: each pair is measured ROUNDS times, alternating which tool goes first;
 # the tables give the median and the spread of the per-round ratios), GEN
 # (decode tokens, 64), WINDOWS (eval windows, 8), SHAPES (space-separated
@@ -44,6 +47,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 BIN=${BIN:-build/bin}
 THREADS=${THREADS:-2}
+DECODE_THREADS=${DECODE_THREADS:-"$THREADS 1"}
 ROUNDS=${ROUNDS:-3}
 GEN=${GEN:-64}
 WINDOWS=${WINDOWS:-8}
@@ -213,28 +217,32 @@ PY
     for who in $order; do
       p=$WORK/$id-$who-$r
       if [ "$who" = moec ]; then
-        if has bf16; then
-          cold "$hf"
-          run "$p-bf16.json" "${nobench[@]}" "$BIN/moec-bench" "$hf" --threads "$THREADS" --reps 3 --prompt 8,64 --gen "$GEN" --json
-        fi
-        if has q4; then
-          cold "$q4m"
-          run "$p-q4.json" "${nobench[@]}" "$BIN/moec-bench" "$q4m" --threads "$THREADS" --reps 3 --prompt 8,64 --gen "$GEN" --json
-        fi
+        for t in $DECODE_THREADS; do
+          if has bf16; then
+            cold "$hf"
+            run "$p-bf16-t$t.json" "${nobench[@]}" "$BIN/moec-bench" "$hf" --threads "$t" --reps 3 --prompt 8,64 --gen "$GEN" --json
+          fi
+          if has q4; then
+            cold "$q4m"
+            run "$p-q4-t$t.json" "${nobench[@]}" "$BIN/moec-bench" "$q4m" --threads "$t" --reps 3 --prompt 8,64 --gen "$GEN" --json
+          fi
+        done
         has eval && for w in "$WINDOWS" 1; do
           cold "$hf"
           timed "$p-eval-$w.json" "$p-eval-$w.sec" "${nobench[@]}" "$BIN/moec-eval" --model "$hf" \
             --text "$WORK/$id-eval-$w.txt" --ctx 256 --score-from half --threads "$THREADS" --quiet --json
         done
       else
-        if has bf16; then
-          cold "$f16"
-          sampled "$p-bf16.json" "$p-bf16.smaps" "${nobench[@]}" "$LB/llama-bench" -m "$f16" -t "$THREADS" -p 0 -n "$GEN" -r 3 -o json
-        fi
-        if has q4; then
-          cold "$q4k"
-          sampled "$p-q4.json" "$p-q4.smaps" "${nobench[@]}" "$LB/llama-bench" -m "$q4k" -t "$THREADS" -p 0 -n "$GEN" -r 3 -o json
-        fi
+        for t in $DECODE_THREADS; do
+          if has bf16; then
+            cold "$f16"
+            sampled "$p-bf16-t$t.json" "$p-bf16-t$t.smaps" "${nobench[@]}" "$LB/llama-bench" -m "$f16" -t "$t" -p 0 -n "$GEN" -r 3 -o json
+          fi
+          if has q4; then
+            cold "$q4k"
+            sampled "$p-q4-t$t.json" "$p-q4-t$t.smaps" "${nobench[@]}" "$LB/llama-bench" -m "$q4k" -t "$t" -p 0 -n "$GEN" -r 3 -o json
+          fi
+        done
         has eval && for w in "$WINDOWS" 1; do
           cold "$f16"
           timed "$p-eval-$w.log" "$p-eval-$w.sec" "${nobench[@]}" "$LB/llama-perplexity" -m "$f16" -f "$WORK/val.txt" \
@@ -267,11 +275,12 @@ if [ "${SECTIONS:-1}" != 0 ]; then
 fi
 
 log "writing $OUT"
-"$PY" - "$WORK" "$OUT" "$THREADS" "$ROUNDS" "$GEN" "$WINDOWS" "$(nproc)" "$(uptime)" <<'PY'
+"$PY" - "$WORK" "$OUT" "$THREADS" "$ROUNDS" "$GEN" "$WINDOWS" "$(nproc)" "$(uptime)" "$DECODE_THREADS" <<'PY'
 import glob, json, os, re, statistics, sys
 
-work, out, threads, rounds, gen, windows, nproc, load = sys.argv[1:9]
+work, out, threads, rounds, gen, windows, nproc, load, dthreads = sys.argv[1:10]
 rounds, gen, windows = int(rounds), int(gen), int(windows)
+dthreads = [int(t) for t in dthreads.split()]
 MiB = 1048576.0
 
 
@@ -302,6 +311,7 @@ def membw(path):
 
 bw0, bw1 = membw(f"{work}/membw-start.json"), membw(f"{work}/membw-end.json")
 bw_read = med([bw0[("read", int(threads))], bw1[("read", int(threads))]])
+bw_read1 = med([bw0[("read", 1)], bw1[("read", 1)]])
 L = []
 A = L.append
 A("# moec and llama.cpp at published MoE shapes")
@@ -357,19 +367,20 @@ for sid, name, layers, _, tests in shapes:
     for kind in ("bf16", "q4"):
         if f",{kind}," not in tests:
             continue
-        mt, lt, mb, lhuge, lrss, mhuge, mrss = [], [], [], [], [], [], []
-        for r in range(1, rounds + 1):
-            m = jl(f"{work}/{sid}-moec-{r}-{kind}.json")
-            mt.append(m[f"tg{gen}_tps"])
-            mb.append(m["decode_weight_bytes_per_token"])
-            mhuge.append(m["rss_weights_huge_bytes"])
-            mrss.append(m["rss_weights_bytes"])
-            lt.append(llama_ts(f"{work}/{sid}-llama-{r}-{kind}.json", 0, gen))
-            s = jl(f"{work}/{sid}-llama-{r}-{kind}.smaps")
-            lhuge.append(s["huge_kib"] * 1024.0)
-            lrss.append(s["rss_kib"] * 1024.0)
-        res[kind] = (mt, lt, med(mb), gb["f16" if kind == "bf16" else "q4"], med(mhuge) / max(med(mrss), 1),
-                     med(lhuge) / max(med(lrss), 1), med(mrss), med(lrss))
+        for t in dthreads:
+            mt, lt, mb, lhuge, lrss, mhuge, mrss = [], [], [], [], [], [], []
+            for r in range(1, rounds + 1):
+                m = jl(f"{work}/{sid}-moec-{r}-{kind}-t{t}.json")
+                mt.append(m[f"tg{gen}_tps"])
+                mb.append(m["decode_weight_bytes_per_token"])
+                mhuge.append(m["rss_weights_huge_bytes"])
+                mrss.append(m["rss_weights_bytes"])
+                lt.append(llama_ts(f"{work}/{sid}-llama-{r}-{kind}-t{t}.json", 0, gen))
+                s = jl(f"{work}/{sid}-llama-{r}-{kind}-t{t}.smaps")
+                lhuge.append(s["huge_kib"] * 1024.0)
+                lrss.append(s["rss_kib"] * 1024.0)
+            res[(kind, t)] = (mt, lt, med(mb), gb["f16" if kind == "bf16" else "q4"], med(mhuge) / max(med(mrss), 1),
+                              med(lhuge) / max(med(lrss), 1), med(mrss), med(lrss))
     ev = []
     for r in range(1, rounds + 1 if ",eval," in tests else 1):
         ms = [float(open(f"{work}/{sid}-moec-{r}-eval-{w}.sec").read()) for w in (windows, 1)]
@@ -393,24 +404,27 @@ for sid, name, layers, _, tests in shapes:
 A("## Decode")
 A("")
 A(f"tg{gen}: {gen} tokens generated one at a time from an empty cache (`moec-bench --gen {gen}`, `llama-bench -p 0 "
-  f"-n {gen}`, 3 repetitions each, median). MiB/token: weight bytes a step reads (moec-bench counts them; for "
+  f"-n {gen}`, 3 repetitions each, median), with {threads} threads and with 1 (one thread waits on no other, so "
+  "that pair compares the kernels even while the machine's other jobs preempt threads). MiB/token: weight bytes a step reads (moec-bench counts them; for "
   "llama.cpp, the GGUF's tensors with experts at top_k / experts of their size, embedding table excluded). "
-  f"% of bandwidth: GB/s over the {bw_read:.1f} GB/s measured above. 2 MiB pages: share of the process's resident "
+  f"% of bandwidth: GB/s over the read bandwidth measured above with as many threads. 2 MiB pages: share of the process's resident "
   "weight pages mapped as 2 MiB pages (moec-bench reads its smaps; llama-bench's were sampled while it ran).")
 A("")
-A("| shape | weights | moec tok/s | llama.cpp tok/s | ratio | moec MiB/tok, GB/s, % bw | llama.cpp MiB/tok, GB/s, % bw "
-  "| 2 MiB pages moec / llama.cpp |")
-A("|---|---|---|---|---|---|---|---|")
+A("| shape | weights | threads | moec tok/s | llama.cpp tok/s | ratio | moec MiB/tok, GB/s, % bw "
+  "| llama.cpp MiB/tok, GB/s, % bw | 2 MiB pages moec / llama.cpp |")
+A("|---|---|---|---|---|---|---|---|---|")
 for sid, res in dec:
     for kind, label in (("bf16", "BF16 / F16"), ("q4", "4-bit / Q4_K_M")):
-        if kind not in res:
-            continue
-        mt, lt, mb, lb, mh, lh, _, _ = res[kind]
-        rat = [a / b for a, b in zip(mt, lt)]
-        mg, lg = mb * med(mt) / 1e9, lb * med(lt) / 1e9
-        A(f"| {sid} | {label} | {med(mt):.1f} | {med(lt):.1f} | **{med(rat):.2f}x** (±{spread(rat) * 50:.0f}%) | "
-          f"{mb / MiB:.0f}, {mg:.1f}, {100 * mg / bw_read:.0f}% | {lb / MiB:.0f}, {lg:.1f}, {100 * lg / bw_read:.0f}% | "
-          f"{100 * mh:.0f}% / {100 * lh:.0f}% |")
+        for t in dthreads:
+            if (kind, t) not in res:
+                continue
+            mt, lt, mb, lb, mh, lh, _, _ = res[(kind, t)]
+            rat = [a / b for a, b in zip(mt, lt)]
+            mg, lg = mb * med(mt) / 1e9, lb * med(lt) / 1e9
+            bw = bw_read if t == int(threads) else bw_read1
+            A(f"| {sid} | {label} | {t} | {med(mt):.1f} | {med(lt):.1f} | **{med(rat):.2f}x** (±{spread(rat) * 50:.0f}%) | "
+              f"{mb / MiB:.0f}, {mg:.1f}, {100 * mg / bw:.0f}% | {lb / MiB:.0f}, {lg:.1f}, {100 * lg / bw:.0f}% | "
+              f"{100 * mh:.0f}% / {100 * lh:.0f}% |")
 A("")
 A("## The all-logits prompt path")
 A("")
@@ -444,7 +458,7 @@ A("")
 A("Memory while decoding (moec-bench's own report, median over rounds): resident weight pages, BF16 / 4-bit.")
 A("")
 for sid, res in dec:
-    g = lambda k, i: f"{res[k][i] / MiB:.0f}" if k in res else "-"
+    g = lambda k, i: f"{res[(k, int(threads))][i] / MiB:.0f}" if (k, int(threads)) in res else "-"
     A(f"- {sid}: moec {g('bf16', 6)} / {g('q4', 6)} MiB, llama.cpp (largest Rss sampled) "
       f"{g('bf16', 7)} / {g('q4', 7)} MiB")
 A("")

@@ -307,8 +307,7 @@ static const float *act_quant(moec_exec *ex, const float *x, int rows, int cols)
  * A product is split over the pool's workers by output rows. Several
  * products can share one pool run (q, k and v of a token; every selected
  * expert of a layer): a decode step then pays a handful of dispatches per
- * layer instead of one per matrix, and each worker streams its slices of
- * all the matrices back to back. */
+ * layer instead of one per matrix. */
 
 /* Below this many flops a job runs on the caller alone (as matmul.c's
  * products do): waking the workers would cost more than it saves. */
@@ -345,20 +344,14 @@ static void linear(moec_exec *ex, float *y, const float *x, int n, const moec_te
     ex->wbytes += weight_bytes(W, 0, moec_tensor_rows(W));
 }
 
-/* Runs fn on the pool, or on the caller alone (one share, no pool scratch)
- * when the job is too small to be worth the workers. */
+/* Runs fn on the pool; a job too small to be worth waking the workers
+ * runs on the caller alone, outside any run, so with no pool (and no pool
+ * scratch) in *job_pool. */
 static void run_job(moec_exec *ex, moec_pool_fn fn, void *job, moec_pool **job_pool, double flops)
 {
-    if (flops < PAR_MIN_FLOPS || moec_pool_size(ex->pool) == 1) {
-        /* one share on the caller: outside a run only a NULL pool is safe
-         * for scratch, except that a pool of one is run for real */
-        if (moec_pool_size(ex->pool) == 1) {
-            *job_pool = ex->pool;
-            moec_pool_run(ex->pool, fn, job);
-        } else {
-            *job_pool = NULL;
-            fn(job, 0, 1);
-        }
+    if (flops < PAR_MIN_FLOPS && moec_pool_size(ex->pool) > 1) {
+        *job_pool = NULL;
+        fn(job, 0, 1);
         return;
     }
     *job_pool = ex->pool;
