@@ -685,7 +685,8 @@ static moec_status moe_block(moec_exec *ex, int l, int n, moec_err *err)
 {
     const moec_config *c = &ex->m->cfg;
     const moec_layer *L = &ex->m->layers[l];
-    const int d = c->hidden_size, E = L->n_experts, k = c->top_k;
+    /* E >= 0 spelled out: the compiler then sees the sizes below are not negative */
+    const int d = c->hidden_size, E = L->n_experts > 0 ? L->n_experts : 0, k = c->top_k;
     uint64_t t0;
     {
         t0 = prof_start(ex);
