@@ -199,7 +199,7 @@ INLINE_VNNI __m512 block(int B4, __m512i v, const int8_t *xb, const float *fr, i
         d = _mm512_dpbusd_epi32(d, hi, _mm512_loadu_si512((const void *)(xb + 64)));
         /* lanes 0-7: chunk 2b, 8-15: chunk 2b+1 */
         fv = _mm512_permutexvar_ps(
-            pair, _mm512_castpd_ps(_mm512_castpd128_pd512(_mm_load_sd((const double *)(fr + 2 * b)))));
+            pair, _mm512_castps128_ps512(_mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)(fr + 2 * b)))));
     } else {
         d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), v, _mm512_loadu_si512((const void *)xb));
         fv = _mm512_set1_ps(fr[b]);
