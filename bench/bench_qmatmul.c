@@ -4,8 +4,9 @@
  *   bench-qmatmul [--group G] [--symmetric] [--quick] [--shape RxC]...
  *                 [--bits 8,4,3,2] [--n 1,2,4,8,16,64,512] [--threads 1|2]
  *
- * Prints a table "shape bits n threads | BF16 µs | quant µs (path chosen) |
- * qgemm µs | tiles+sgemm µs", by default for W = 512x256 (w1/w3), 256x512
+ * Prints a table "shape bits n threads | BF16 µs | quant µs (path chosen;
+ * one token at 4 or 8 bits: int8 activations, qgemv_vnni.c) | qgemm µs
+ * (float activations) | tiles+sgemm µs", by default for W = 512x256 (w1/w3), 256x512
  * (w2), 4096x256 (lm_head) of mixtral-tiny and 4096x14336 (Mixtral-8x7B's
  * w1/w3, memory-bound; n <= 16 only), 8/4/3/2 bits (asymmetric unless
  * --symmetric, group 64 unless --group) and 1 and 2 threads (--threads:
@@ -161,7 +162,7 @@ int main(int argc, char **argv)
            symmetric ? "symmetric" : "asymmetric", moec_matmul_kernel_name(), ct ? ct : "unset");
     printf("# shapes over 16M weights run n <= 16 only; 'tiles' is the dequantize + F32 path\n");
     printf("%-11s %4s %4s %3s | %9s | %9s %-6s | %9s | %9s\n", "shape", "bits", "n", "thr", "BF16 us",
-           "quant us", "path", "qgemm us", "tiles us");
+           "quant us", "path", "qgemm f32", "tiles us");
     moec_pool *pools[2] = {moec_pool_new(1), moec_pool_new(2)};
     if (!pools[0] || !pools[1]) {
         fprintf(stderr, "bench-qmatmul: cannot start threads\n");
@@ -211,7 +212,9 @@ int main(int argc, char **argv)
                     moec_matmul_quant_force_path(0);
                     double us_q = time_us(run_quant, &cq);
                     moec_matmul_quant_force_path(1);
+                    moec_matmul_quant_int8_activations(false);
                     double us_d = time_us(run_quant, &cq);
+                    moec_matmul_quant_int8_activations(true);
                     moec_matmul_quant_force_path(2);
                     double us_t = time_us(run_quant, &cq);
                     moec_matmul_quant_force_path(0);

@@ -548,6 +548,9 @@ moec_status moec_container_open(const char *path, unsigned flags, moec_container
             free(c);
             return moec_err_set(err, MOEC_ERR_IO, "%s: mmap: %s", path, strerror(e));
         }
+        /* 2 MiB pages where the page cache can give them: see
+         * safetensors_read.c's map_shard. Advice only. */
+        (void)madvise(p, c->size, MADV_HUGEPAGE);
         c->base = p;
         c->mapped = 1;
     }

@@ -71,9 +71,21 @@ static void check_model(const char *model_dir, const char *ref_dir)
         for (int i = split; i < r.n; i++)
             assert_int_equal(moec_exec_forward(ex, r.ids + i, 1, out + (size_t)i * V, false, &err), MOEC_OK);
         double e_decode = rel_err(out, r.ref, (size_t)r.n * V);
-        printf("# %s threads=%d: batch rel err %.2e, decode rel err %.2e\n", model_dir, threads, e_batch, e_decode);
+        /* logits of the second half only (the tokens before skip the last
+         * layer's feed-forward block), and of the last token only */
+        const int half = r.n / 2;
+        moec_exec_reset(ex);
+        assert_int_equal(moec_exec_forward_from(ex, r.ids, r.n, out, half, &err), MOEC_OK);
+        double e_from = rel_err(out, r.ref + (size_t)half * V, (size_t)(r.n - half) * V);
+        moec_exec_reset(ex);
+        assert_int_equal(moec_exec_forward(ex, r.ids, split, out, false, &err), MOEC_OK);
+        double e_last = rel_err(out, r.ref + (size_t)(split - 1) * V, (size_t)V);
+        printf("# %s threads=%d: batch rel err %.2e, decode %.2e, second half %.2e, last token %.2e\n", model_dir,
+               threads, e_batch, e_decode, e_from, e_last);
         assert_true(e_batch <= 1e-3);
         assert_true(e_decode <= 1e-3);
+        assert_true(e_from <= 1e-3);
+        assert_true(e_last <= 1e-3);
         moec_exec_free(ex);
     }
     free(out);
@@ -115,6 +127,10 @@ static void test_bad_tokens_and_overflow(void **state)
     assert_int_equal(moec_exec_forward(ex, ids, 9, NULL, false, &err), MOEC_ERR_ARG);
     assert_int_equal(moec_exec_forward(ex, ids, 8, NULL, false, &err), MOEC_OK);
     assert_int_equal(moec_exec_forward(ex, ids, 1, NULL, false, &err), MOEC_ERR_ARG);
+    moec_exec_reset(ex);
+    assert_int_equal(moec_exec_forward_from(ex, ids, 2, NULL, 3, &err), MOEC_ERR_ARG);
+    assert_int_equal(moec_exec_forward_from(ex, ids, 2, NULL, -1, &err), MOEC_ERR_ARG);
+    assert_int_equal(moec_exec_pos(ex), 0);
     moec_exec_free(ex);
     moec_model_close(m);
 }

@@ -11,6 +11,7 @@
 
 #include "core/threadpool.h"
 #include "exec/matmul_quant.h"
+#include "exec/qgemv.h"
 #include "core/qformat.h"
 #include "quant/rtn.h"
 
@@ -38,6 +39,7 @@ static const fmt_case cases[] = {
     {8, 0, true, 33, 72},     /* one group per row */
     {8, 64, false, 72, 128},  /* 8-bit direct path: 8-row blocks, zero point per group */
     {2, 64, true, 40, 256},   /* 2-bit table lookups, symmetric */
+    {4, 64, false, 200, 320}, /* int8 activations for one token, split over threads */
 };
 
 #define SENTINEL 12345.0f
@@ -71,6 +73,8 @@ static void check_case(const fmt_case *fc, moec_pool *pool)
     const int64_t ns[] = {1, 3, 8, 17, 40};
     const int64_t ranges[][2] = {{0, rows}, {5, rows - 3}, {rows / 2, rows / 2 + 1}};
     const int64_t ldx = K + 5;
+    /* the float paths; int8 activations (one token) are checked below */
+    moec_matmul_quant_int8_activations(false);
     for (int path = 0; path <= 3; path++) {
         moec_matmul_quant_force_path(path);
         for (size_t ni = 0; ni < sizeof ns / sizeof *ns; ni++) {
@@ -109,6 +113,46 @@ static void check_case(const fmt_case *fc, moec_pool *pool)
         }
     }
     moec_matmul_quant_force_path(0);
+    moec_matmul_quant_int8_activations(true);
+    /* one token, int8 activations on: where the format allows them, the
+     * direct path's rows are exactly moec_qgemv_q8's (however the rows are
+     * split over workers); elsewhere the float result as above */
+    float *x = malloc((size_t)K * sizeof *x), *yq = malloc((size_t)rows * sizeof *yq);
+    for (int64_t c = 0; c < K; c++)
+        x[c] = frand();
+    for (int path = 0; path <= 1; path++) {
+        moec_matmul_quant_force_path(path);
+        for (size_t ri = 0; ri < sizeof ranges / sizeof *ranges; ri++) {
+            const int64_t r0 = ranges[ri][0], r1 = ranges[ri][1];
+            float *y = malloc((size_t)(r1 - r0) * sizeof *y);
+            for (int64_t r = 0; r < r1 - r0; r++)
+                y[r] = 0.5f;
+            moec_matmul_quant(pool, y, r1 - r0, x, K, 1, &T, r0, r1, true);
+            const bool q8 =
+                moec_qgemv_q8_supported(&qm.f) && (path == 1 || moec_matmul_quant_direct_max_n(&T) >= 1);
+            if (q8) {
+                moec_err err;
+                for (int64_t r = r0; r < r1; r++)
+                    yq[r] = 0.5f;
+                assert_int_equal(moec_qgemv_q8(&qm.f, x, yq, r0, r1, true, &err), MOEC_OK);
+            }
+            for (int64_t r = r0; r < r1; r++) {
+                double ref = 0.5, mag = 0.0;
+                for (int64_t c = 0; c < K; c++) {
+                    ref += (double)x[c] * W[r * K + c];
+                    mag += fabs((double)x[c] * W[r * K + c]);
+                }
+                if (q8 ? y[r - r0] != yq[r] : fabs(y[r - r0] - ref) > 1e-5 * mag + 1e-6)
+                    fail_msg("int8 on, bits %d group %d: path %d [%lld,%lld) y[%lld] = %.9g, q8 %.9g, float %.9g",
+                             fc->bits, fc->group, path, (long long)r0, (long long)r1, (long long)r, y[r - r0],
+                             q8 ? yq[r] : 0.0f, ref);
+            }
+            free(y);
+        }
+    }
+    moec_matmul_quant_force_path(0);
+    free(x);
+    free(yq);
     moec_qmatrix_free(&qm);
     free(W);
 }

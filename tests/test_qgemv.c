@@ -125,11 +125,82 @@ static void test_dispatch_and_args(void **state)
     moec_qmatrix_free(&m);
 }
 
+/* moec_qgemv_q8 against the float product with the activations quantized
+ * as its contract says (per 64 columns, s = max|x|/127, rint(x·127/max)),
+ * in double: equal to float rounding. Shapes: 4-row tiles and single
+ * rows, an odd number of 64-column chunks (half a 4-bit block), a ragged
+ * tail, groups of 64 and 128, more than 16 groups, a chunk of zeros. */
+static void test_int8_activations(void **state)
+{
+    (void)state;
+    static const int64_t shapes[][3] = {
+        {9, 2048, 64}, {7, 192, 64}, {5, 200, 64}, {6, 1024, 128}, {3, 320, 128}, {4, 4160, 64},
+    };
+    for (int b = 4; b <= 8; b += 4)
+        for (int sym = 0; sym <= 1; sym++)
+            for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+                const int64_t rows = shapes[si][0], cols = shapes[si][1];
+                moec_qmatrix m;
+                tu_random_qmatrix(&m, rows, cols, b, (int)shapes[si][2], sym);
+                if (!moec_qgemv_q8_supported(&m.f)) {
+                    moec_qmatrix_free(&m);
+                    skip();
+                }
+                float *w = malloc((size_t)(rows * cols) * sizeof *w);
+                float *x = malloc((size_t)cols * sizeof *x), *xq = malloc((size_t)cols * sizeof *xq);
+                float *y = malloc((size_t)(rows + 1) * sizeof *y);
+                assert_true(w && x && xq && y);
+                moec_qformat_dequant_rows(&m.f, 0, rows, w);
+                for (int64_t c = 0; c < cols; c++)
+                    x[c] = c >= 64 && c < 128 ? 0.0f : tu_frand() * (c % 7 == 0 ? 8.0f : 1.0f);
+                for (int64_t c0 = 0; c0 < cols; c0 += 64) {
+                    float mx = 0.0f;
+                    for (int64_t c = c0; c < c0 + 64 && c < cols; c++)
+                        mx = fmaxf(mx, fabsf(x[c]));
+                    const float inv = mx > 0.0f ? 127.0f / mx : 0.0f, s = mx / 127.0f;
+                    for (int64_t c = c0; c < c0 + 64 && c < cols; c++)
+                        xq[c] = s * rintf(x[c] * inv);
+                }
+                for (int acc = 0; acc <= 1; acc++) {
+                    for (int64_t r = 0; r <= rows; r++)
+                        y[r] = acc ? 0.5f : SENTINEL;
+                    moec_err err;
+                    assert_int_equal(moec_qgemv_q8(&m.f, x, y, 1, rows, acc, &err), MOEC_OK);
+                    assert_true(y[0] == (acc ? 0.5f : SENTINEL));
+                    for (int64_t r = 1; r < rows; r++) {
+                        double ref = acc ? 0.5 : 0.0, mag = 0.0;
+                        for (int64_t c = 0; c < cols; c++) {
+                            ref += (double)xq[c] * w[r * cols + c];
+                            mag += fabs((double)xq[c] * w[r * cols + c]);
+                        }
+                        if (!(fabs(y[r] - ref) <= 1e-5 * mag + 1e-6))
+                            fail_msg("q8 b %d %s %lldx%lld g%lld acc %d: y[%lld] = %.9g, reference %.9g", b,
+                                     sym ? "sym" : "asym", (long long)rows, (long long)cols,
+                                     (long long)shapes[si][2], acc, (long long)r, y[r], ref);
+                    }
+                }
+                free(w), free(x), free(xq), free(y);
+                moec_qmatrix_free(&m);
+            }
+    /* formats it does not take */
+    moec_qmatrix m;
+    tu_random_qmatrix(&m, 4, 256, 3, 64, false);
+    assert_false(moec_qgemv_q8_supported(&m.f));
+    float x[256] = {0}, y[4];
+    moec_err err;
+    assert_int_equal(moec_qgemv_q8(&m.f, x, y, 0, 4, false, &err), MOEC_ERR_UNSUPPORTED);
+    moec_qmatrix_free(&m);
+    tu_random_qmatrix(&m, 4, 256, 4, 32, false);
+    assert_false(moec_qgemv_q8_supported(&m.f));
+    moec_qmatrix_free(&m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matches_reference),
         cmocka_unit_test(test_dispatch_and_args),
+        cmocka_unit_test(test_int8_activations),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,7 +1,6 @@
 /* moec-bench: prompt and decode speed, peak memory (llama-bench's tests). */
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/resource.h>
 
 #include <cjson/cJSON.h>
 
@@ -66,9 +65,7 @@ int main(int argc, char **argv)
     moec_bench_result r;
     if (moec_bench_run(m, &bo, &r, &err))
         cli_die_err(&err);
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    double rss = (double)ru.ru_maxrss * 1024.0;
+    const double mib = 1048576.0, gbs = (double)r.bytes_per_token * r.gen_tps / 1e9;
 
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "model", model_path);
@@ -81,17 +78,29 @@ int main(int argc, char **argv)
     cJSON_AddNumberToObject(o, key, r.pp_b_tps);
     snprintf(key, sizeof key, "tg%d_tps", bo.gen);
     cJSON_AddNumberToObject(o, key, r.gen_tps);
-    cJSON_AddNumberToObject(o, "peak_rss_bytes", rss);
+    snprintf(key, sizeof key, "pp%d_spread", bo.prompt_a);
+    cJSON_AddNumberToObject(o, key, r.pp_a_spread);
+    snprintf(key, sizeof key, "pp%d_spread", bo.prompt_b);
+    cJSON_AddNumberToObject(o, key, r.pp_b_spread);
+    snprintf(key, sizeof key, "tg%d_spread", bo.gen);
+    cJSON_AddNumberToObject(o, key, r.gen_spread);
+    cJSON_AddNumberToObject(o, "decode_weight_bytes_per_token", (double)r.bytes_per_token);
+    cJSON_AddNumberToObject(o, "decode_gbs", gbs);
+    cJSON_AddNumberToObject(o, "peak_rss_bytes", (double)r.mem.peak_rss);
+    cJSON_AddNumberToObject(o, "rss_file_bytes", (double)r.mem.rss_file);
+    cJSON_AddNumberToObject(o, "rss_anon_bytes", (double)r.mem.rss_anon);
+    cJSON_AddNumberToObject(o, "rss_weights_bytes", (double)r.mem.rss_weights);
+    cJSON_AddNumberToObject(o, "rss_weights_huge_bytes", (double)r.mem.huge_weights);
     cJSON_AddNumberToObject(o, "weight_file_bytes", (double)m->file_bytes);
     cJSON_AddNumberToObject(o, "kv_cache_bytes", (double)r.kv_cache_bytes);
-    cJSON_AddNumberToObject(o, "rss_over_weights_and_cache_bytes",
-                            rss - (double)m->file_bytes - (double)r.kv_cache_bytes);
     if (bo.profile) {
         cJSON *pp = cJSON_AddObjectToObject(o, "profile_prompt_ns");
         cJSON *tg = cJSON_AddObjectToObject(o, "profile_decode_ns");
+        cJSON *tb = cJSON_AddObjectToObject(o, "decode_weight_bytes_per_token_by_op");
         for (int i = 0; i < MOEC_OP_COUNT; i++) {
             cJSON_AddNumberToObject(pp, moec_op_name((moec_op)i), (double)r.prof_pp[i]);
             cJSON_AddNumberToObject(tg, moec_op_name((moec_op)i), (double)r.prof_gen[i]);
+            cJSON_AddNumberToObject(tb, moec_op_name((moec_op)i), (double)r.bytes_gen[i]);
         }
     }
     if (json) {
@@ -99,20 +108,33 @@ int main(int argc, char **argv)
     } else {
         printf("model %s, %d threads, %s kernels, median of %d runs\n", model_path, bo.threads,
                moec_matmul_kernel_name(), bo.reps);
-        printf("  pp%-5d %10.1f tokens/s (best %.1f)\n", bo.prompt_a, r.pp_a_tps, r.pp_a_best);
-        printf("  pp%-5d %10.1f tokens/s (best %.1f)\n", bo.prompt_b, r.pp_b_tps, r.pp_b_best);
-        printf("  tg%-5d %10.1f tokens/s (best %.1f)\n", bo.gen, r.gen_tps, r.gen_best);
-        printf("  peak RSS %.1f MiB = weights %.1f MiB + KV cache %.1f MiB + %.1f MiB\n", rss / 1048576.0,
-               m->file_bytes / 1048576.0, r.kv_cache_bytes / 1048576.0,
-               (rss - (double)m->file_bytes - (double)r.kv_cache_bytes) / 1048576.0);
+        printf("  pp%-5d %10.1f tokens/s (best %.1f, spread %.0f%%)\n", bo.prompt_a, r.pp_a_tps, r.pp_a_best,
+               100 * r.pp_a_spread);
+        printf("  pp%-5d %10.1f tokens/s (best %.1f, spread %.0f%%)\n", bo.prompt_b, r.pp_b_tps, r.pp_b_best,
+               100 * r.pp_b_spread);
+        printf("  tg%-5d %10.1f tokens/s (best %.1f, spread %.0f%%)\n", bo.gen, r.gen_tps, r.gen_best,
+               100 * r.gen_spread);
+        printf("  decode reads %.1f MiB of weights per token: %.1f GB/s at the median speed\n",
+               r.bytes_per_token / mib, gbs);
+        printf("  peak RSS %.1f MiB (VmHWM); at the end %.1f MiB: weight pages %.1f MiB of %.1f MiB of files "
+               "(%.0f%% of them in 2 MiB pages), anonymous %.1f MiB (KV cache %.1f MiB, activations, buffers), "
+               "other files %.1f MiB\n",
+               r.mem.peak_rss / mib, r.mem.rss / mib, r.mem.rss_weights / mib, m->file_bytes / mib,
+               r.mem.rss_weights ? 100.0 * r.mem.huge_weights / r.mem.rss_weights : 0.0, r.mem.rss_anon / mib,
+               r.kv_cache_bytes / mib,
+               (r.mem.rss_file > r.mem.rss_weights ? r.mem.rss_file - r.mem.rss_weights : 0) / mib);
         if (bo.profile) {
             uint64_t tp = 0, tg = 0;
             for (int i = 0; i < MOEC_OP_COUNT; i++)
                 tp += r.prof_pp[i], tg += r.prof_gen[i];
-            printf("  %-10s %12s %12s\n", "op", "prompt", "decode");
-            for (int i = 0; i < MOEC_OP_COUNT; i++)
-                printf("  %-10s %11.1f%% %11.1f%%\n", moec_op_name((moec_op)i), 100.0 * r.prof_pp[i] / (tp ? tp : 1),
-                       100.0 * r.prof_gen[i] / (tg ? tg : 1));
+            const double steps = (double)bo.reps * bo.gen;
+            printf("  %-10s %12s %12s %14s %10s\n", "op", "prompt", "decode", "decode MiB/tok", "GB/s");
+            for (int i = 0; i < MOEC_OP_COUNT; i++) {
+                const double sec = r.prof_gen[i] / 1e9 / steps;
+                printf("  %-10s %11.1f%% %11.1f%% %14.2f %10.1f\n", moec_op_name((moec_op)i),
+                       100.0 * r.prof_pp[i] / (tp ? tp : 1), 100.0 * r.prof_gen[i] / (tg ? tg : 1),
+                       r.bytes_gen[i] / mib, sec > 0 ? r.bytes_gen[i] / sec / 1e9 : 0.0);
+            }
         }
     }
     cJSON_Delete(o);

@@ -93,18 +93,19 @@ moec_status moec_eval_ppl(moec_exec *model, moec_exec *base, const int32_t *ids,
     for (int64_t w = 0; w < windows && st == MOEC_OK; w++) {
         const int32_t *win = ids + w * ctx;
         moec_exec_reset(model);
-        if ((st = moec_exec_forward(model, win, ctx, lm, true, err)))
+        /* logits only where scored: positions score_from.. (row 0 of lm) */
+        if ((st = moec_exec_forward_from(model, win, ctx, lm, score_from, err)))
             break;
         if (base) {
             moec_exec_reset(base);
-            if ((st = moec_exec_forward(base, win, ctx, lb, true, err)))
+            if ((st = moec_exec_forward_from(base, win, ctx, lb, score_from, err)))
                 break;
         }
         for (int i = score_from; i + 1 < ctx; i++) {
-            const float *rm = lm + (size_t)i * V;
+            const float *rm = lm + (size_t)(i - score_from) * V;
             res->nll_sum -= moec_logprob(rm, V, win[i + 1]);
             if (base) {
-                const float *rb = lb + (size_t)i * V;
+                const float *rb = lb + (size_t)(i - score_from) * V;
                 res->base_nll_sum -= moec_logprob(rb, V, win[i + 1]);
                 res->kld_sum += moec_kl_logits(rb, rm, V);
                 res->top1_same += argmax(rb, V) == argmax(rm, V);

@@ -3,6 +3,7 @@
 #include "exec/exec.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -42,6 +43,7 @@ struct moec_exec {
     int32_t *tok;         /* [cap*top_k] token of each expert row */
     float *row_gate;      /* [cap*top_k] gate of each expert row */
     int *offsets;         /* [E_max+1] */
+    struct ffn_group *groups; /* [E_max] the selected experts of a layer */
     float *gx;            /* [cap*top_k][d] gathered expert inputs */
     float *h1, *h3;       /* [cap*top_k][ffn_max] */
     float *ye;            /* [cap*top_k][d] expert outputs */
@@ -57,6 +59,8 @@ struct moec_exec {
     void *attn_hook_ctx;
     bool profiling;
     uint64_t prof[MOEC_OP_COUNT];
+    uint64_t prof_bytes[MOEC_OP_COUNT]; /* weight bytes read, per op */
+    uint64_t wbytes;      /* weight bytes read since the current op's prof_start */
 };
 
 static const char *const op_names[MOEC_OP_COUNT] = {
@@ -71,12 +75,33 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* Profiling costs two clock reads per op, only when enabled. */
-static inline uint64_t prof_start(const moec_exec *ex) { return ex->profiling ? now_ns() : 0; }
+/* Profiling costs two clock reads per op, only when enabled. Weight bytes
+ * read are counted by the products (linear(), the FFN job) between a
+ * prof_start and its prof_stop, always. */
+static inline uint64_t prof_start(moec_exec *ex)
+{
+    ex->wbytes = 0;
+    return ex->profiling ? now_ns() : 0;
+}
 static inline void prof_stop(moec_exec *ex, moec_op op, uint64_t t0)
 {
     if (ex->profiling)
         ex->prof[op] += now_ns() - t0;
+    ex->prof_bytes[op] += ex->wbytes; /* always: an add per op */
+    ex->wbytes = 0;
+}
+
+/* Bytes a product reads of W's rows [r0, r1): codes, scales and zeros of a
+ * quantized tensor, the stored elements otherwise. */
+static uint64_t weight_bytes(const moec_tensor *W, int64_t r0, int64_t r1)
+{
+    const int64_t rows = moec_tensor_rows(W);
+    if (rows <= 0 || r1 <= r0)
+        return 0;
+    uint64_t all = W->dtype == MOEC_DT_QUANT && W->q
+                       ? (uint64_t)(W->q->codes_bytes + W->q->scales_bytes + W->q->zeros_bytes)
+                       : (uint64_t)W->nbytes;
+    return all / (uint64_t)rows * (uint64_t)(r1 - r0);
 }
 
 static int max_experts(const moec_config *c)
@@ -205,6 +230,7 @@ void moec_exec_free(moec_exec *ex)
     free(ex->rope);
     free(ex->hidden_last);
     free(ex->offsets);
+    free(ex->groups);
     if (ex->pool)
         moec_pool_free(ex->pool);
     free(ex);
@@ -241,19 +267,22 @@ void moec_exec_profile(const moec_exec *ex, uint64_t ns[MOEC_OP_COUNT])
     memcpy(ns, ex->prof, sizeof ex->prof);
 }
 
-/* ---- activation fake quantization (moec_exec_opts.act_bits, EAQuant W4A4) ----
- * Returns x itself when off, else ex->aq holding x[rows][cols] quantized per
- * row (token) to act_bits bits, symmetric, scale from the row's max |x|, and
- * dequantized again: the linear layer then computes with exactly the values
- * an integer kernel would see. */
-static const float *act_quant(moec_exec *ex, const float *x, int rows, int cols)
+void moec_exec_profile_bytes(const moec_exec *ex, uint64_t bytes[MOEC_OP_COUNT])
 {
-    if (!ex->act_bits)
-        return x;
+    memcpy(bytes, ex->prof_bytes, sizeof ex->prof_bytes);
+}
+
+/* ---- activation fake quantization (moec_exec_opts.act_bits, EAQuant W4A4) ----
+ * Writes to out x[rows][cols] (rows ld floats apart, in x and in out)
+ * quantized per row (token) to act_bits bits, symmetric, scale from the
+ * row's max |x|, and dequantized again: the linear layer then computes with
+ * exactly the values an integer kernel would see. */
+static void act_quant_ld(moec_exec *ex, const float *x, int rows, int cols, int ld, float *out)
+{
     const float qmax = (float)((1 << (ex->act_bits - 1)) - 1);
     for (int i = 0; i < rows; i++) {
-        const float *r = x + (size_t)i * cols;
-        float *o = ex->aq + (size_t)i * cols;
+        const float *r = x + (size_t)i * ld;
+        float *o = out + (size_t)i * ld;
         float amax = 0.0f;
         for (int c = 0; c < cols; c++)
             amax = fmaxf(amax, fabsf(r[c]));
@@ -263,7 +292,123 @@ static const float *act_quant(moec_exec *ex, const float *x, int rows, int cols)
             o[c] = fminf(fmaxf(q, -qmax), qmax) * scale;
         }
     }
+}
+
+/* x itself when act_bits is off, else its quantized copy in ex->aq. */
+static const float *act_quant(moec_exec *ex, const float *x, int rows, int cols)
+{
+    if (!ex->act_bits)
+        return x;
+    act_quant_ld(ex, x, rows, cols, cols, ex->aq);
     return ex->aq;
+}
+
+/* ---- linear layers ----
+ * A product is split over the pool's workers by output rows. Several
+ * products can share one pool run (q, k and v of a token; every selected
+ * expert of a layer): a decode step then pays a handful of dispatches per
+ * layer instead of one per matrix. */
+
+/* Below this many flops a job runs on the caller alone (as matmul.c's
+ * products do): waking the workers would cost more than it saves. */
+#define PAR_MIN_FLOPS 49152
+
+/* Work is handed out in chunks of output rows claimed from a shared
+ * counter (as matmul.c does): a worker the OS preempts on a busy machine
+ * holds up one chunk, not half the job. Chunks are multiples of 16 rows (no
+ * two workers write one 64-byte line of y), about CLAIMS_PER_WORKER per
+ * worker. */
+#define CLAIMS_PER_WORKER 8
+
+static int64_t chunk_rows(int64_t rows, int nt)
+{
+    int64_t per = (rows + (int64_t)nt * CLAIMS_PER_WORKER - 1) / ((int64_t)nt * CLAIMS_PER_WORKER);
+    return (per + 15) / 16 * 16;
+}
+
+/* Claims the next chunk of [0, rows) in chunks of ch: false when none is left. */
+static bool claim_rows(_Atomic int64_t *next, int64_t rows, int64_t ch, int64_t *a, int64_t *b)
+{
+    const int64_t c = atomic_fetch_add_explicit(next, 1, memory_order_relaxed);
+    if (c * ch >= rows)
+        return false;
+    *a = c * ch;
+    *b = *a + ch < rows ? *a + ch : rows;
+    return true;
+}
+
+/* y[n][out] (+)= x[n][in] · Wᵀ. */
+static void linear(moec_exec *ex, float *y, const float *x, int n, const moec_tensor *W, bool acc)
+{
+    moec_matmul(ex->pool, y, x, n, W, acc);
+    ex->wbytes += weight_bytes(W, 0, moec_tensor_rows(W));
+}
+
+/* Runs fn on the pool; a job too small to be worth waking the workers
+ * runs on the caller alone, outside any run, so with no pool (and no pool
+ * scratch) in *job_pool. */
+static void run_job(moec_exec *ex, moec_pool_fn fn, void *job, moec_pool **job_pool, double flops)
+{
+    if (flops < PAR_MIN_FLOPS && moec_pool_size(ex->pool) > 1) {
+        *job_pool = NULL;
+        fn(job, 0, 1);
+        return;
+    }
+    *job_pool = ex->pool;
+    moec_pool_run(ex->pool, fn, job);
+}
+
+/* Up to three products of the same input in one run: y_i[n][rows_i] = x ·
+ * W_iᵀ, the rows of all three claimed as one sequence of chunks. */
+typedef struct {
+    moec_pool *pool;
+    const float *x;
+    int n, count;
+    const moec_tensor *W[3];
+    float *y[3];
+    int64_t ch;               /* rows per chunk */
+    int64_t total;            /* chunks of W[0], W[1], W[2] back to back, in rows of ch */
+    int64_t first[4];         /* first chunk of each W */
+    _Atomic int64_t next;
+} multi_job;
+
+static void multi_worker(void *vjob, int t, int nt)
+{
+    (void)nt;
+    multi_job *j = vjob;
+    for (;;) {
+        const int64_t c = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+        if (c >= j->total)
+            return;
+        int i = 0;
+        while (c >= j->first[i + 1])
+            i++;
+        const int64_t rows = moec_tensor_rows(j->W[i]), K = moec_tensor_cols(j->W[i]);
+        const int64_t a = (c - j->first[i]) * j->ch, b = a + j->ch < rows ? a + j->ch : rows;
+        moec_matmul_share(j->pool, t, j->y[i] + a, rows, j->x, K, j->n, j->W[i], a, b, false);
+    }
+}
+
+static void linear_multi(moec_exec *ex, const float *x, int n, int count, const moec_tensor *const *W, float *const *y)
+{
+    multi_job j = {.x = x, .n = n, .count = count};
+    double flops = 0;
+    int64_t most = 0;
+    for (int i = 0; i < count; i++) {
+        const int64_t rows = moec_tensor_rows(W[i]);
+        most = rows > most ? rows : most;
+        flops += 2.0 * n * (double)rows * (double)moec_tensor_cols(W[i]);
+        ex->wbytes += weight_bytes(W[i], 0, rows);
+    }
+    j.ch = chunk_rows(most, moec_pool_size(ex->pool));
+    for (int i = 0; i < count; i++) {
+        j.W[i] = W[i];
+        j.y[i] = y[i];
+        j.first[i + 1] = j.first[i] + (moec_tensor_rows(W[i]) + j.ch - 1) / j.ch;
+    }
+    j.total = j.first[count];
+    atomic_init(&j.next, 0);
+    run_job(ex, multi_worker, &j, &j.pool, flops);
 }
 
 /* ---- attention ---- */
@@ -271,6 +416,7 @@ static const float *act_quant(moec_exec *ex, const float *x, int rows, int cols)
 typedef struct {
     moec_exec *ex;
     int layer, n, p0;
+    _Atomic int next;     /* the next head to claim */
 } attn_job;
 
 /* One head: scores = q·kᵀ/√hd over the cached positions (causal), softmax, · v. */
@@ -318,13 +464,14 @@ static void attend_head(moec_exec *ex, int layer, int h, int n, int p0, float *s
     }
 }
 
+/* Heads are claimed one at a time (a preempted worker holds up one head). */
 static void attn_worker(void *vjob, int t, int nt)
 {
+    (void)nt;
     attn_job *job = vjob;
-    for (int h = t; h < job->ex->m->cfg.n_heads; h += nt)
+    for (int h; (h = atomic_fetch_add_explicit(&job->next, 1, memory_order_relaxed)) < job->ex->m->cfg.n_heads;)
         attend_head(job->ex, job->layer, h, job->n, job->p0, job->ex->scores[t]);
 }
-
 static void attention_block(moec_exec *ex, int l, int n)
 {
     const moec_config *c = &ex->m->cfg;
@@ -338,9 +485,9 @@ static void attention_block(moec_exec *ex, int l, int n)
     }
     t0 = prof_start(ex);
     const float *xq = act_quant(ex, ex->xn, n, d);
-    moec_matmul(ex->pool, ex->q, xq, n, &L->wq, false);
-    moec_matmul(ex->pool, ex->k, xq, n, &L->wk, false);
-    moec_matmul(ex->pool, ex->v, xq, n, &L->wv, false);
+    const moec_tensor *const qkv[3] = {&L->wq, &L->wk, &L->wv};
+    float *const out[3] = {ex->q, ex->k, ex->v};
+    linear_multi(ex, xq, n, 3, qkv, out);
     if (c->qkv_bias) {
         moec_add_bias_rows(ex->q, &L->bq, n, ex->qdim);
         moec_add_bias_rows(ex->k, &L->bk, n, ex->kvdim);
@@ -366,7 +513,7 @@ static void attention_block(moec_exec *ex, int l, int n)
     prof_stop(ex, MOEC_OP_QKV, t0);
     {
         t0 = prof_start(ex);
-        attn_job job = {ex, l, n, p0};
+        attn_job job = {ex, l, n, p0, 0};
         moec_pool_run(ex->pool, attn_worker, &job);
         prof_stop(ex, MOEC_OP_ATTN, t0);
     }
@@ -375,21 +522,131 @@ static void attention_block(moec_exec *ex, int l, int n)
         ex->attn_hook(ex->attn_hook_ctx, &v);
     }
     t0 = prof_start(ex);
-    moec_matmul(ex->pool, ex->x, act_quant(ex, ex->att, n, ex->qdim), n, &L->wo, true); /* residual add */
+    linear(ex, ex->x, act_quant(ex, ex->att, n, ex->qdim), n, &L->wo, true); /* residual add */
     prof_stop(ex, MOEC_OP_OPROJ, t0);
 }
 
-/* ---- feed-forward ---- */
+/* ---- feed-forward ----
+ * SwiGLU blocks y = w2 · (silu(w1 · x) ⊙ (w3 · x)) of one or many FFNs
+ * (the selected experts of a layer, each over its own rows of gathered
+ * inputs) in two pool runs: gate and up products with the SiLU product,
+ * then the down products (and, for routed experts, the gate-weighted sum
+ * per token). Each worker takes the same slice of rows of every matrix. */
 
-/* out[rows][d] (+)= w2 · (silu(w1 · X) ⊙ (w3 · X)) */
+typedef struct ffn_group {
+    const moec_ffn *f;
+    int r0, rows;         /* its rows of X, H and Y */
+} ffn_group;
+
+typedef struct {
+    moec_exec *ex;
+    moec_pool *pool;      /* the run's pool; NULL on the caller alone */
+    const ffn_group *g;
+    int ng;
+    int d, ldh;           /* hidden size; row stride of h1/h3 (ffn_max) */
+    const float *X;       /* [rows][d] inputs */
+    const float *H;       /* [rows][ldh] down products' input (h1, or its act-quantized copy) */
+    float *Y;             /* [rows][d] outputs */
+    bool acc;             /* Y += instead of = */
+    int combine_n;        /* > 0: routed[combine_n][d] = Σ row_gate·Y over tok (experts) */
+    int64_t ff;           /* the widest group's w1/w3 rows */
+    int64_t ch_up, ch_down; /* rows per chunk: of the w1/w3 rows (ff of them), of the w2 rows (d) */
+    _Atomic int64_t next_up, next_down;
+} ffn_job;
+
+/* A chunk: the same rows [a, b) of every group's w1 and w3, then the SiLU product there. */
+static void ffn_up_worker(void *vjob, int t, int nt)
+{
+    (void)nt;
+    ffn_job *j = vjob;
+    moec_exec *ex = j->ex;
+    int64_t a0, b0;
+    while (claim_rows(&j->next_up, j->ff, j->ch_up, &a0, &b0))
+        for (int gi = 0; gi < j->ng; gi++) {
+            const ffn_group *g = &j->g[gi];
+            const int64_t ff = moec_tensor_rows(&g->f->w1), a = a0, b = b0 < ff ? b0 : ff;
+            if (a >= b)
+                continue;
+            const float *x = j->X + (size_t)g->r0 * j->d;
+            float *h1 = ex->h1 + (size_t)g->r0 * j->ldh, *h3 = ex->h3 + (size_t)g->r0 * j->ldh;
+            moec_matmul_share(j->pool, t, h1 + a, j->ldh, x, j->d, g->rows, &g->f->w1, a, b, false);
+            moec_matmul_share(j->pool, t, h3 + a, j->ldh, x, j->d, g->rows, &g->f->w3, a, b, false);
+            for (int r = 0; r < g->rows; r++)
+                moec_silu_mul(h1 + (size_t)r * j->ldh + a, h3 + (size_t)r * j->ldh + a, b - a);
+        }
+}
+
+static void ffn_down_rows(ffn_job *j, int t, int64_t a, int64_t b);
+
+/* A chunk: the same rows [a, b) of every group's w2 (columns of Y), then
+ * those columns of the gate-weighted sum. */
+static void ffn_down_worker(void *vjob, int t, int nt)
+{
+    (void)nt;
+    ffn_job *j = vjob;
+    int64_t a, b;
+    while (claim_rows(&j->next_down, j->d, j->ch_down, &a, &b))
+        ffn_down_rows(j, t, a, b);
+}
+
+static void ffn_down_rows(ffn_job *j, int t, int64_t a, int64_t b)
+{
+    moec_exec *ex = j->ex;
+    for (int gi = 0; gi < j->ng; gi++) {
+        const ffn_group *g = &j->g[gi];
+        moec_matmul_share(j->pool, t, j->Y + (size_t)g->r0 * j->d + a, j->d, j->H + (size_t)g->r0 * j->ldh, j->ldh,
+                          g->rows, &g->f->w2, a, b, j->acc);
+    }
+    if (j->combine_n > 0) {
+        /* this chunk's columns of the gate-weighted sum over each token's experts */
+        for (int i = 0; i < j->combine_n; i++)
+            memset(ex->routed + (size_t)i * j->d + a, 0, (size_t)(b - a) * sizeof(float));
+        const int rows = j->combine_n * ex->m->cfg.top_k;
+        for (int r = 0; r < rows; r++)
+            moec_axpy(ex->routed + (size_t)ex->tok[r] * j->d + a, j->Y + (size_t)r * j->d + a, ex->row_gate[r], b - a);
+    }
+}
+
+/* Y[rows][d] (+)= the groups' FFNs of X (rows of group g at g.r0..); with
+ * combine_n > 0 also routed = Σ row_gate·Y per token (Y is ex->ye then). */
+static void ffn_run(moec_exec *ex, const ffn_group *g, int ng, const float *X, float *Y, bool acc, int combine_n)
+{
+    const int d = ex->m->cfg.hidden_size;
+    int rows = 0;
+    int64_t ffw = 0;
+    double flops = 0;
+    for (int i = 0; i < ng; i++) {
+        const int64_t ff = moec_tensor_rows(&g[i].f->w1);
+        ffw = ff > ffw ? ff : ffw;
+        flops += 6.0 * g[i].rows * (double)ff * d;
+        rows = g[i].r0 + g[i].rows > rows ? g[i].r0 + g[i].rows : rows;
+        ex->wbytes += weight_bytes(&g[i].f->w1, 0, ff) + weight_bytes(&g[i].f->w3, 0, ff) +
+                      weight_bytes(&g[i].f->w2, 0, d);
+    }
+    ffn_job j = {.ex = ex, .g = g, .ng = ng, .d = d, .ldh = ex->ffn_max, .Y = Y, .acc = acc, .combine_n = combine_n};
+    const int nt = moec_pool_size(ex->pool);
+    j.ff = ffw;
+    j.ch_up = chunk_rows(ffw, nt);
+    j.ch_down = chunk_rows(d, nt);
+    atomic_init(&j.next_up, 0);
+    atomic_init(&j.next_down, 0);
+    j.X = act_quant(ex, X, rows, d);
+    run_job(ex, ffn_up_worker, &j, &j.pool, flops * 2.0 / 3.0);
+    /* activation quantization needs whole rows of h1: between the runs */
+    j.H = ex->h1;
+    for (int i = 0; i < ng && ex->act_bits; i++)
+        act_quant_ld(ex, ex->h1 + (size_t)g[i].r0 * ex->ffn_max, g[i].rows, (int)moec_tensor_rows(&g[i].f->w1),
+                     ex->ffn_max, ex->aq + (size_t)g[i].r0 * ex->ffn_max);
+    if (ex->act_bits)
+        j.H = ex->aq;
+    run_job(ex, ffn_down_worker, &j, &j.pool, flops / 3.0);
+}
+
+/* out[rows][d] (+)= w2 · (silu(w1 · X) ⊙ (w3 · X)) for one FFN. */
 static void ffn_apply(moec_exec *ex, const moec_ffn *f, const float *X, int rows, float *out, bool accumulate)
 {
-    const int64_t ff = moec_tensor_rows(&f->w1);
-    X = act_quant(ex, X, rows, (int)moec_tensor_cols(&f->w1));
-    moec_matmul(ex->pool, ex->h1, X, rows, &f->w1, false);
-    moec_matmul(ex->pool, ex->h3, X, rows, &f->w3, false);
-    moec_silu_mul(ex->h1, ex->h3, (int64_t)rows * ff);
-    moec_matmul(ex->pool, out, act_quant(ex, ex->h1, rows, (int)ff), rows, &f->w2, accumulate);
+    const ffn_group g = {f, 0, rows};
+    ffn_run(ex, &g, 1, X, out, accumulate, 0);
 }
 
 /* Router: softmax over all experts, top-k by probability, optional renormalisation. */
@@ -397,7 +654,7 @@ static void route(moec_exec *ex, const moec_layer *L, int n)
 {
     const moec_config *c = &ex->m->cfg;
     const int E = L->n_experts, k = c->top_k;
-    moec_matmul(ex->pool, ex->logits_e, ex->xn, n, &L->router, false);
+    linear(ex, ex->logits_e, ex->xn, n, &L->router, false);
     for (int i = 0; i < n; i++) {
         float *p = ex->probs + (size_t)i * E;
         memcpy(p, ex->logits_e + (size_t)i * E, (size_t)E * sizeof(float));
@@ -428,7 +685,8 @@ static moec_status moe_block(moec_exec *ex, int l, int n, moec_err *err)
 {
     const moec_config *c = &ex->m->cfg;
     const moec_layer *L = &ex->m->layers[l];
-    const int d = c->hidden_size, E = L->n_experts, k = c->top_k;
+    /* E >= 0 spelled out: the compiler then sees the sizes below are not negative */
+    const int d = c->hidden_size, E = L->n_experts > 0 ? L->n_experts : 0, k = c->top_k;
     uint64_t t0;
     {
         t0 = prof_start(ex);
@@ -452,6 +710,10 @@ static moec_status moe_block(moec_exec *ex, int l, int n, moec_err *err)
     if (!off)
         return moec_err_set(err, MOEC_ERR_NOMEM, "out of memory");
     ex->offsets = off;
+    ffn_group *groups = realloc(ex->groups, (size_t)E * sizeof *groups);
+    if (!groups)
+        return moec_err_set(err, MOEC_ERR_NOMEM, "out of memory");
+    ex->groups = groups;
     memset(off, 0, (size_t)(E + 1) * sizeof(int));
     for (int i = 0; i < n * k; i++)
         off[ex->sel[i] + 1]++;
@@ -471,14 +733,12 @@ static moec_status moe_block(moec_exec *ex, int l, int n, moec_err *err)
         }
     if (cursor != fill)
         free(cursor);
-    for (int e = 0; e < E; e++) {
-        int rows = off[e + 1] - off[e];
-        if (rows > 0)
-            ffn_apply(ex, &L->experts[e], ex->gx + (size_t)off[e] * d, rows, ex->ye + (size_t)off[e] * d, false);
-    }
-    memset(ex->routed, 0, (size_t)n * d * sizeof(float));
-    for (int r = 0; r < n * k; r++)
-        moec_axpy(ex->routed + (size_t)ex->tok[r] * d, ex->ye + (size_t)r * d, ex->row_gate[r], d);
+    int ng = 0;
+    for (int e = 0; e < E; e++)
+        if (off[e + 1] > off[e])
+            groups[ng++] = (ffn_group){&L->experts[e], off[e], off[e + 1] - off[e]};
+    /* every selected expert in one pass, the gated sum into ex->routed */
+    ffn_run(ex, groups, ng, ex->gx, ex->ye, false, n);
     prof_stop(ex, MOEC_OP_EXPERTS, t0);
 
     if (ex->hook) {
@@ -493,7 +753,7 @@ static moec_status moe_block(moec_exec *ex, int l, int n, moec_err *err)
         /* the shared expert reads the same normed input; its output is added, gated */
         ffn_apply(ex, &L->shared, ex->xn, n, ex->ye, false);
         if (c->shared_gate) {
-            moec_matmul(ex->pool, ex->sgate, ex->xn, n, &L->shared_gate, false);
+            linear(ex, ex->sgate, ex->xn, n, &L->shared_gate, false);
             for (int i = 0; i < n; i++) {
                 float g = 1.0f / (1.0f + expf(-ex->sgate[i]));
                 moec_axpy(ex->x + (size_t)i * d, ex->ye + (size_t)i * d, g, d);
@@ -508,13 +768,20 @@ static moec_status moe_block(moec_exec *ex, int l, int n, moec_err *err)
 
 /* ---- whole model ---- */
 
-static moec_status forward_chunk(moec_exec *ex, const int32_t *tokens, int n, float *logits, bool all_logits,
+/* Runs n tokens and writes the logits of tokens first..n-1 ([n - first][V];
+ * first == n or logits NULL: none). Only those tokens' hidden states are
+ * needed after the last layer's attention (which still sees every token,
+ * for the cache), so unless a MoE hook wants to see them all, the others
+ * skip the last layer's feed-forward block, as llama.cpp does. */
+static moec_status forward_chunk(moec_exec *ex, const int32_t *tokens, int n, float *logits, int first,
                                  moec_err *err)
 {
     const moec_model *m = ex->m;
     const moec_config *c = &m->cfg;
     const int d = c->hidden_size;
     uint64_t t0;
+    if (!logits)
+        first = n;
     moec_status st = reserve_batch(ex, n, err);
     if (st)
         return st;
@@ -532,38 +799,45 @@ static moec_status forward_chunk(moec_exec *ex, const int32_t *tokens, int n, fl
     }
     for (int l = 0; l < c->n_layers; l++) {
         attention_block(ex, l, n);
-        if ((st = moe_block(ex, l, n, err)))
+        int rows = n;
+        if (l == c->n_layers - 1 && !ex->hook && first > 0) {
+            /* keep the rows whose logits are wanted, at the front */
+            rows = n - first;
+            if (rows > 0)
+                memmove(ex->x, ex->x + (size_t)first * d, (size_t)rows * d * sizeof(float));
+        }
+        if (rows > 0 && (st = moe_block(ex, l, rows, err)))
             return st;
     }
     ex->pos += n;
-    if (!logits)
+    const int nout = n - first;
+    if (nout <= 0)
         return MOEC_OK;
+    /* hidden states of the wanted tokens: rows 0.. after the skip, else first.. */
+    const float *h = ex->x + (ex->hook ? (size_t)first * d : 0);
     t0 = prof_start(ex);
-    if (all_logits) {
-        moec_rmsnorm_rows(ex->xn, ex->x, &m->final_norm, n, d, c->rms_eps);
-        moec_matmul(ex->pool, logits, ex->xn, n, &m->lm_head, false);
-    } else {
-        moec_rmsnorm(ex->hidden_last, ex->x + (size_t)(n - 1) * d, &m->final_norm, d, c->rms_eps);
-        moec_matmul(ex->pool, logits, ex->hidden_last, 1, &m->lm_head, false);
-    }
+    moec_rmsnorm_rows(ex->xn, h, &m->final_norm, nout, d, c->rms_eps);
+    linear(ex, logits, ex->xn, nout, &m->lm_head, false);
     prof_stop(ex, MOEC_OP_HEAD, t0);
-    size_t cnt = (size_t)(all_logits ? n : 1) * (size_t)c->vocab_size;
+    size_t cnt = (size_t)nout * (size_t)c->vocab_size;
     for (size_t i = 0; i < cnt; i++)
         if (!isfinite(logits[i]))
             return moec_err_set(err, MOEC_ERR_NUMERIC, "non-finite logit at position %d (weights with NaN/Inf?)",
-                                ex->pos - n + (int)(i / (size_t)c->vocab_size));
+                                ex->pos - nout + (int)(i / (size_t)c->vocab_size));
     return MOEC_OK;
 }
 
 /* Batches larger than this are run in chunks: activations stay bounded. */
 #define MOEC_EXEC_CHUNK 512
 
-moec_status moec_exec_forward(moec_exec *ex, const int32_t *tokens, int n, float *logits, bool all_logits,
-                              moec_err *err)
+moec_status moec_exec_forward_from(moec_exec *ex, const int32_t *tokens, int n, float *logits, int logits_from,
+                                   moec_err *err)
 {
     const moec_config *c = &ex->m->cfg;
     if (n <= 0)
         return moec_err_set(err, MOEC_ERR_ARG, "forward: no tokens");
+    if (logits_from < 0 || logits_from > n)
+        return moec_err_set(err, MOEC_ERR_ARG, "forward: logits from token %d of %d", logits_from, n);
     if (n > ex->max_ctx - ex->pos)
         return moec_err_set(err, MOEC_ERR_ARG, "forward: %d tokens at position %d exceed the context of %d", n,
                             ex->pos, ex->max_ctx);
@@ -572,16 +846,20 @@ moec_status moec_exec_forward(moec_exec *ex, const int32_t *tokens, int n, float
             return moec_err_set(err, MOEC_ERR_ARG, "token id %d is outside the vocabulary [0, %d)", tokens[i],
                                 c->vocab_size);
     for (int i0 = 0; i0 < n; i0 += MOEC_EXEC_CHUNK) {
-        int m = n - i0 < MOEC_EXEC_CHUNK ? n - i0 : MOEC_EXEC_CHUNK;
-        bool last = i0 + m == n;
-        float *out = NULL;
-        if (logits && all_logits)
-            out = logits + (size_t)i0 * c->vocab_size;
-        else if (logits && last)
-            out = logits;
-        moec_status st = forward_chunk(ex, tokens + i0, m, out, all_logits, err);
+        const int m = n - i0 < MOEC_EXEC_CHUNK ? n - i0 : MOEC_EXEC_CHUNK;
+        /* this chunk's first wanted token, relative to the chunk */
+        int first = logits_from - i0;
+        first = first < 0 ? 0 : first > m ? m : first;
+        float *out = logits && first < m ? logits + (size_t)(i0 + first - logits_from) * c->vocab_size : NULL;
+        moec_status st = forward_chunk(ex, tokens + i0, m, out, out ? first : m, err);
         if (st)
             return st;
     }
     return MOEC_OK;
+}
+
+moec_status moec_exec_forward(moec_exec *ex, const int32_t *tokens, int n, float *logits, bool all_logits,
+                              moec_err *err)
+{
+    return moec_exec_forward_from(ex, tokens, n, logits, all_logits ? 0 : n > 0 ? n - 1 : 0, err);
 }

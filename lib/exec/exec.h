@@ -94,6 +94,17 @@ const moec_model *moec_exec_model(const moec_exec *ex);
 moec_status moec_exec_forward(moec_exec *ex, const int32_t *tokens, int n, float *logits, bool all_logits,
                               moec_err *err);
 
+/* The same with logits for the tokens from logits_from on: logits (may be
+ * NULL) receives [n - logits_from][vocab], the rows of positions
+ * pos+logits_from .. pos+n-1. logits_from = 0 is the all_logits case,
+ * n - 1 the last token's, n none. Tokens before logits_from skip the last
+ * layer's feed-forward block (unless a MoE hook is set): nothing needs
+ * their output, as in llama.cpp, which computes the last layer only for
+ * the tokens whose logits are asked for. Errors as moec_exec_forward, and
+ * MOEC_ERR_ARG for logits_from outside 0..n. */
+moec_status moec_exec_forward_from(moec_exec *ex, const int32_t *tokens, int n, float *logits, int logits_from,
+                                   moec_err *err);
+
 /* Called for every MoE block during forward (NULL to remove). */
 void moec_exec_set_moe_hook(moec_exec *ex, moec_moe_hook fn, void *ctx);
 
@@ -107,6 +118,10 @@ typedef enum {
 } moec_op;
 const char *moec_op_name(moec_op op);
 void moec_exec_profile(const moec_exec *ex, uint64_t ns[MOEC_OP_COUNT]);
+/* Weight bytes the products of each op have read, summed over all forwards
+ * since moec_exec_new (profiling or not): a decode step's bytes per token,
+ * to hold against memory bandwidth. */
+void moec_exec_profile_bytes(const moec_exec *ex, uint64_t bytes[MOEC_OP_COUNT]);
 void moec_exec_profile_enable(moec_exec *ex, bool on);
 
 #endif

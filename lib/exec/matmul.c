@@ -18,6 +18,10 @@
 /* Output rows are handed out in multiples of this, so that no two workers
  * write the same cache line of y (16 floats = 64 bytes). */
 #define ROW_ALIGN 16
+/* Chunks of W rows per worker in a parallel product: fine enough that a
+ * preempted worker delays the product by a fraction of its share, coarse
+ * enough that a claim (one atomic add) costs nothing next to it. */
+#define CLAIMS_PER_WORKER 8
 /* Bytes of float32 weights converted per sgemm call: big enough that sgemm
  * runs near peak, small enough to stay in L2 next to sgemm's own packing. */
 #define TILE_BYTES (256 * 1024)
@@ -213,7 +217,9 @@ struct job {
     bool acc;
     bool direct;
     bool split_n; /* workers take x rows instead of W rows */
-    int64_t chunk; /* W rows (or x rows) per worker */
+    int64_t chunk; /* W rows per claim (x rows per worker with split_n) */
+    int64_t nchunks;
+    _Atomic int64_t next; /* the next chunk of W rows to claim */
 };
 
 /* y[n][rows] for W rows [0, rows) of the job's w, through sgemm. Returns
@@ -264,19 +270,29 @@ static void part(const struct job *j, int thread, float *y, const float *x, int6
     j->kern->direct(y, j->ldy, x, j->ldx, n, w, j->dt, rows, j->K, j->acc);
 }
 
+/* W rows are claimed a chunk at a time from a shared counter, so that a
+ * worker the OS preempts (a busy machine) holds up at most one chunk: the
+ * others take the rest. Which worker computes a row never changes its
+ * value. */
 static void worker(void *ctx, int thread, int n_threads)
 {
     (void)n_threads;
-    const struct job *j = ctx;
-    int64_t total = j->split_n ? j->n : j->rows;
-    int64_t b = (int64_t)thread * j->chunk;
-    if (b >= total)
-        return;
-    int64_t e = b + j->chunk < total ? b + j->chunk : total;
-    if (j->split_n)
+    struct job *j = ctx;
+    if (j->split_n) {
+        int64_t b = (int64_t)thread * j->chunk;
+        if (b >= j->n)
+            return;
+        int64_t e = b + j->chunk < j->n ? b + j->chunk : j->n;
         part(j, thread, j->y + b * j->ldy, j->x + b * j->ldx, e - b, j->w, j->rows);
-    else
+        return;
+    }
+    for (;;) {
+        int64_t c = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+        if (c >= j->nchunks)
+            return;
+        int64_t b = c * j->chunk, e = b + j->chunk < j->rows ? b + j->chunk : j->rows;
         part(j, thread, j->y + b, j->x, j->n, j->w + (size_t)(b * j->K) * j->es, e - b);
+    }
 }
 
 void moec_matmul_ex(moec_pool *pool, float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n,
@@ -322,6 +338,8 @@ void moec_matmul_ex(moec_pool *pool, float *y, int64_t ldy, const float *x, int6
     int nt = moec_pool_size(pool);
     double flops = 2.0 * (double)n * (double)rows * (double)K;
     j.chunk = rows;
+    j.nchunks = 1;
+    atomic_init(&j.next, 0);
     if (flops < PAR_MIN_FLOPS) {
         /* Outside a run the pool's scratch may belong to someone else's run,
          * so a small product that needs sgemm allocates its (small) tile. */
@@ -334,13 +352,55 @@ void moec_matmul_ex(moec_pool *pool, float *y, int64_t ldy, const float *x, int6
         return;
     }
     if (rows >= (int64_t)ROW_ALIGN * nt || n < nt) {
-        int64_t per = (rows + nt - 1) / nt;
+        /* CLAIMS_PER_WORKER chunks a worker, rounded to whole 64-byte lines of y */
+        int64_t per = (rows + (int64_t)nt * CLAIMS_PER_WORKER - 1) / ((int64_t)nt * CLAIMS_PER_WORKER);
         j.chunk = (per + ROW_ALIGN - 1) / ROW_ALIGN * ROW_ALIGN;
+        j.nchunks = (rows + j.chunk - 1) / j.chunk;
     } else {
         j.split_n = true;
         j.chunk = (n + nt - 1) / nt;
     }
     moec_pool_run(pool, worker, &j);
+}
+
+void moec_matmul_share(moec_pool *pool, int thread, float *y, int64_t ldy, const float *x, int64_t ldx,
+                       int64_t n, const moec_tensor *W, int64_t r0, int64_t r1, bool accumulate)
+{
+    if (W && W->dtype == MOEC_DT_QUANT) {
+        moec_matmul_quant_share(pool, thread, y, ldy, x, ldx, n, W, r0, r1, accumulate);
+        return;
+    }
+    if (!W || W->ndim != 2 || !moec_dtype_is_compute(W->dtype) || !x || !y)
+        return;
+    const int64_t rows = r1 - r0, K = moec_tensor_cols(W);
+    if (n <= 0 || rows <= 0 || r0 < 0 || r1 > moec_tensor_rows(W) || ldx < K || ldy < rows ||
+        (K > 0 && !W->data))
+        return;
+    const moec_mm_kernels *kern = kernels();
+    struct job j = {
+        .kern = kern,
+        .pool = pool,
+        .y = y,
+        .ldy = ldy,
+        .x = x,
+        .ldx = ldx,
+        .n = n,
+        .dt = (int)W->dtype,
+        .es = moec_dtype_size(W->dtype),
+        .rows = rows,
+        .K = K,
+        .acc = accumulate,
+        .direct = n <= kern->direct_max_n,
+        .chunk = rows,
+        .nchunks = 1,
+    };
+    j.w = (const char *)W->data + (size_t)(r0 * K) * j.es;
+    if (K == 0) {
+        for (int64_t i = 0; i < n && !accumulate; i++)
+            memset(y + i * ldy, 0, (size_t)rows * sizeof(float));
+        return;
+    }
+    part(&j, thread, y, x, n, j.w, rows);
 }
 
 void moec_matmul_rows(moec_pool *pool, float *y, const float *x, int64_t n, const moec_tensor *W,

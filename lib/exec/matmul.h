@@ -67,6 +67,14 @@ void moec_matmul_rows(moec_pool *pool, float *y, const float *x, int64_t n, cons
 void moec_matmul_ex(moec_pool *pool, float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n,
                     const moec_tensor *W, int64_t r0, int64_t r1, bool accumulate);
 
+/* moec_matmul_ex's product done entirely on the calling thread, which runs
+ * share `thread` of a run of the caller's own on pool: the pool's scratch
+ * of that share may be used (pool NULL: none is). For jobs that split
+ * several products over the workers in one run (all the experts of a
+ * token, say) instead of paying a run per product. */
+void moec_matmul_share(moec_pool *pool, int thread, float *y, int64_t ldy, const float *x, int64_t ldx,
+                       int64_t n, const moec_tensor *W, int64_t r0, int64_t r1, bool accumulate);
+
 /* For tests and benchmarks: true makes every later call use the portable C
  * kernels (sgemm is still OpenBLAS); false returns to the CPU's best. Not
  * meant to be flipped while a matmul runs. */

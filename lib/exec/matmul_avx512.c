@@ -141,6 +141,43 @@ INL void tile(int dt, int R, int NX, float *y, int64_t ldy, const float *x, int6
     }
 }
 
+/* Bytes ahead of the current position that the one-row kernel prefetches. */
+#define GEMV_PREFETCH 4096
+
+/* y[r] (+)= x · w[r] for one x row (decode), one weight row at a time:
+ * the matrix is then read as one sequential stream, which the prefetchers
+ * (and a software prefetch GEMV_PREFETCH bytes ahead, which runs into the
+ * next rows) keep at memory speed, and four accumulators per row hide the
+ * FMA latency. Measured on the Zen 5 class dev machine (one thread, CPU
+ * time, 151936 x 2048 BF16 from memory): ~34 GB/s, the speed of a plain
+ * read, where tiles of 16 rows (16 streams) reached ~20. */
+INL void gemv1_dt(int dt, float *y, const float *x, const char *w, int64_t rows, int64_t K, bool acc)
+{
+    const int64_t es = dt == MOEC_DT_F32 ? 4 : 2;
+    for (int64_t r = 0; r < rows; r++) {
+        const char *wr = w + r * K * es;
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        int64_t k = 0;
+        for (; k + 64 <= K; k += 64) {
+#pragma GCC unroll 4
+            for (int l = 0; l < 64 * es / 64; l++)
+                _mm_prefetch(wr + k * es + GEMV_PREFETCH + 64 * l, _MM_HINT_T0);
+            a0 = _mm512_fmadd_ps(widen16(dt, wr, k), _mm512_loadu_ps(x + k), a0);
+            a1 = _mm512_fmadd_ps(widen16(dt, wr, k + 16), _mm512_loadu_ps(x + k + 16), a1);
+            a2 = _mm512_fmadd_ps(widen16(dt, wr, k + 32), _mm512_loadu_ps(x + k + 32), a2);
+            a3 = _mm512_fmadd_ps(widen16(dt, wr, k + 48), _mm512_loadu_ps(x + k + 48), a3);
+        }
+        for (; k + 16 <= K; k += 16)
+            a0 = _mm512_fmadd_ps(widen16(dt, wr, k), _mm512_loadu_ps(x + k), a0);
+        if (k < K) {
+            __mmask16 m = (__mmask16)((1u << (K - k)) - 1);
+            a1 = _mm512_fmadd_ps(widen16_mask(dt, wr, k, m), _mm512_maskz_loadu_ps(m, x + k), a1);
+        }
+        const float v = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+        y[r] = acc ? y[r] + v : v;
+    }
+}
+
 INL void widen_store(int dt, float *dst, const void *src, int64_t k)
 {
     _mm512_storeu_ps(dst, widen16(dt, src, k));
@@ -158,6 +195,7 @@ INL void widen_store_part(int dt, float *dst, const void *src, int64_t k, int n)
 #define MM_TILE_ROWS(NX) ((NX) == 1 ? 16 : (NX) == 2 ? 8 : 4)
 #define MM_TAIL_ROWS 4
 #define MM_LANES 16
+#define MM_GEMV1(dt, y, x, w, rows, K, acc) gemv1_dt(dt, y, x, w, rows, K, acc)
 #include "exec/matmul_driver.h"
 
 const moec_mm_kernels moec_mm_avx512_kernels = {"avx512", DIRECT_MAX_N, direct, to_f32};

@@ -15,6 +15,7 @@
  *   widen_store(dt, dst, src, k)            dst[0..MM_LANES) = src[k..] as float32
  *   widen_store_part(dt, dst, src, k, n)    the same for the last n < MM_LANES
  *   MM_LANES            floats per vector
+ *   MM_GEMV1(dt, y, x, w, rows, K, acc)   (optional) the kernel for n = 1
  *
  * Everything down to tile is always inlined into one function per dtype,
  * so dt, R and NX are constants inside tile and its loops unroll fully;
@@ -66,6 +67,13 @@ MM_INL void rows_any_nx(int dt, int64_t nx, float *y, int64_t ldy, const float *
 MM_INL void direct_dt(int dt, float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n,
                       const char *w, int64_t rows, int64_t K, bool acc)
 {
+#ifdef MM_GEMV1
+    /* one x row (decode): the ISA's streaming matrix-vector kernel */
+    if (n == 1) {
+        MM_GEMV1(dt, y, x, w, rows, K, acc);
+        return;
+    }
+#endif
     const int64_t es = dt == MOEC_DT_F32 ? 4 : 2, wstride = K * es;
     const int max_nx = MM_TILE_NX(dt);
     /* When W rows are reused by several x blocks, long rows are cut into K

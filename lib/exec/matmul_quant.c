@@ -15,6 +15,8 @@
 #define PAR_MIN_FLOPS 49152
 /* Workers get multiples of this many output rows (64 bytes of y). */
 #define ROW_ALIGN 16
+/* Chunks of rows per worker in a parallel product (see matmul.c). */
+#define CLAIMS_PER_WORKER 8
 /* Float32 bytes of dequantized weights per tile: it stays in L1/L2 between
  * being written and being read (bench-qmatmul: 16 KiB to 256 KiB within
  * noise of each other, 32 KiB marginally best at n = 1). */
@@ -29,6 +31,17 @@
 #define DIRECT_MAX_N_CVT 4
 
 static _Atomic int forced_path;
+static _Atomic bool int8_acts = true;
+
+void moec_matmul_quant_int8_activations(bool on)
+{
+    atomic_store_explicit(&int8_acts, on, memory_order_relaxed);
+}
+
+bool moec_matmul_quant_int8_activations_on(void)
+{
+    return atomic_load_explicit(&int8_acts, memory_order_relaxed);
+}
 
 void moec_matmul_quant_force_path(int path)
 {
@@ -329,7 +342,9 @@ struct qjob {
     int64_t ldx;
     int64_t n;
     int64_t r0, r1; /* rows of f */
-    int64_t chunk;  /* rows per worker */
+    int64_t chunk;  /* rows per claim */
+    int64_t nchunks;
+    _Atomic int64_t next; /* the next chunk to claim (see matmul.c's worker) */
     bool acc;
     bool direct;
     bool fallback_only;
@@ -351,10 +366,14 @@ static void release(void *p, bool own)
         free(p);
 }
 
-/* qgemm on f's rows [a, b) into y columns [a - r0, b - r0). */
+/* qgemm on f's rows [a, b) into y columns [a - r0, b - r0); one token
+ * with integer dot products where the format and CPU allow it. */
 static bool direct_part(const struct qjob *j, int64_t a, int64_t b)
 {
     const moec_qformat s = sub_rows(j->f, a, b);
+    if (j->n == 1 && atomic_load_explicit(&int8_acts, memory_order_relaxed) && moec_qgemv_q8_supported(&s) &&
+        moec_qgemv_q8(&s, j->x, j->y + (a - j->r0), 0, b - a, j->acc, NULL) == MOEC_OK)
+        return true;
     return moec_qgemm_ex(&s, j->x, j->ldx, j->n, j->y + (a - j->r0), j->ldy, 0, b - a, j->acc,
                          NULL) == MOEC_OK;
 }
@@ -387,18 +406,27 @@ static bool tile_part(const struct qjob *j, int thread, int64_t a, int64_t b)
     return true;
 }
 
-static void qworker(void *ctx, int thread, int n_threads)
+/* Rows [a, b) of the job on share `thread`. */
+static void qrows(const struct qjob *j, int thread, int64_t a, int64_t b)
 {
-    (void)n_threads;
-    const struct qjob *j = ctx;
-    const int64_t a = j->r0 + (int64_t)thread * j->chunk;
-    if (a >= j->r1)
-        return;
-    const int64_t b = a + j->chunk < j->r1 ? a + j->chunk : j->r1;
     if (!j->fallback_only && (j->direct ? direct_part(j, a, b) : tile_part(j, thread, a, b)))
         return;
     const moec_qformat s = sub_rows(j->f, a, b);
     fallback_rows(&s, j->y + (a - j->r0), j->ldy, j->x, j->ldx, j->n, j->acc);
+}
+
+/* Chunks of rows claimed from a shared counter, as matmul.c's worker does. */
+static void qworker(void *ctx, int thread, int n_threads)
+{
+    (void)n_threads;
+    struct qjob *j = ctx;
+    for (;;) {
+        const int64_t c = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+        if (c >= j->nchunks)
+            return;
+        const int64_t a = j->r0 + c * j->chunk, b = a + j->chunk < j->r1 ? a + j->chunk : j->r1;
+        qrows(j, thread, a, b);
+    }
 }
 
 void moec_matmul_quant(moec_pool *pool, float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n,
@@ -433,16 +461,43 @@ void moec_matmul_quant(moec_pool *pool, float *y, int64_t ldy, const float *x, i
         /* on the caller, outside any run: the pool's scratch may be in use
          * by someone else's run, so a tile (if needed) is allocated */
         j.pool = NULL;
-        j.chunk = rows;
-        qworker(&j, 0, 1);
+        qrows(&j, 0, r0, r1);
         return;
     }
     if (nt == 1) {
         /* a run of one share: scratch 0 is then this run's */
         j.chunk = rows;
     } else {
-        const int64_t per = (rows + nt - 1) / nt;
+        const int64_t per = (rows + (int64_t)nt * CLAIMS_PER_WORKER - 1) / ((int64_t)nt * CLAIMS_PER_WORKER);
         j.chunk = (per + ROW_ALIGN - 1) / ROW_ALIGN * ROW_ALIGN;
     }
+    j.nchunks = (rows + j.chunk - 1) / j.chunk;
+    atomic_init(&j.next, 0);
     moec_pool_run(pool, qworker, &j);
 }
+
+void moec_matmul_quant_share(moec_pool *pool, int thread, float *y, int64_t ldy, const float *x, int64_t ldx,
+                             int64_t n, const moec_tensor *W, int64_t r0, int64_t r1, bool accumulate)
+{
+    const int64_t rows = r1 - r0;
+    if (n <= 0 || rows <= 0)
+        return;
+    const int path = atomic_load_explicit(&forced_path, memory_order_relaxed);
+    struct qjob j = {
+        .pool = pool,
+        .f = W->q,
+        .y = y,
+        .ldy = ldy,
+        .x = x,
+        .ldx = ldx,
+        .n = n,
+        .r0 = r0,
+        .r1 = r1,
+        .chunk = rows,
+        .acc = accumulate,
+        .direct = path == 1 || (path == 0 && n <= moec_matmul_quant_direct_max_n(W)),
+        .fallback_only = path == 3,
+    };
+    qrows(&j, thread, r0, r1);
+}
+

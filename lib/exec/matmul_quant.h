@@ -40,10 +40,26 @@
 void moec_matmul_quant(moec_pool *pool, float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n,
                        const moec_tensor *W, int64_t r0, int64_t r1, bool accumulate);
 
+/* The same product done entirely on the calling thread, which runs share
+ * `thread` of a run of the caller's own on pool (so the pool's scratch of
+ * that share may be used; pool NULL: none is). For jobs that split several
+ * products over the workers in one run. */
+void moec_matmul_quant_share(moec_pool *pool, int thread, float *y, int64_t ldy, const float *x, int64_t ldx,
+                             int64_t n, const moec_tensor *W, int64_t r0, int64_t r1, bool accumulate);
+
 /* Largest n served by the direct (qgemm) kernel for W; larger n uses
  * tiles. 0 when W's format has no fast direct kernel on this CPU or tiles
  * are faster for every n. */
 int64_t moec_matmul_quant_direct_max_n(const moec_tensor *W);
+
+/* Decode (one token) with 4- or 8-bit weights in groups of a multiple of
+ * 64 uses integer dot products with the activations quantized to int8 per
+ * 64 columns (moec_qgemv_q8 in qgemv.h) where the CPU has AVX512-VNNI: on
+ * by default; false keeps every product in float32 (to measure what the
+ * int8 activations cost in KL, or for bit-for-bit comparisons with a
+ * batched forward). Process-wide; not meant to be flipped mid-product. */
+void moec_matmul_quant_int8_activations(bool on);
+bool moec_matmul_quant_int8_activations_on(void);
 
 /* For tests and benchmarks: force the path: 1 = direct for every n,
  * 2 = tiles + sgemm for every n, 3 = the memory-free fallback kernel,

@@ -79,6 +79,22 @@ moec_status moec_qgemm_avx512_ex(const moec_qformat *f, const float *x, int64_t 
                                  float *y, int64_t ldy, int64_t r0, int64_t r1, bool accumulate,
                                  moec_err *err);
 
+/* One token (n = 1) with integer dot products: y[r] (+)= Σ_c x̂[c]·Ŵ[r][c]
+ * for r0 <= r < r1 (y indexed by f's row), where x̂ is x quantized to int8
+ * per 64 columns: s = max|x|/127 over the 64, x̂ = s·rint(x/s) (computed as
+ * rint(x·(127/max|x|))). The products of codes and int8 activations are
+ * exact (int32, vpdpbusd), each 64-column chunk is scaled by s_w·s in
+ * float32 and accumulated in float32; zero points are taken out per group
+ * as s_w·z·Σx̂. So the result is the float32 product with x̂ in place of x
+ * (to rounding), as llama.cpp's k-quant kernels compute with 8-bit
+ * activations; moec-bench --act-exact keeps the float path for comparison.
+ * Needs moec_qgemv_q8_supported(f): 4 or 8 bits, a group size that is a
+ * multiple of 64, and an AVX512-VNNI/VBMI CPU (else MOEC_ERR_UNSUPPORTED).
+ * Allocates nothing for rows up to 16,384 columns. */
+moec_status moec_qgemv_q8(const moec_qformat *f, const float *x, float *y, int64_t r0, int64_t r1,
+                          bool accumulate, moec_err *err);
+bool moec_qgemv_q8_supported(const moec_qformat *f);
+
 /* Argument checks shared by the kernels; `kernel` names the caller. */
 moec_status moec_qgemm_check(const moec_qformat *f, const float *x, int64_t ldx, int64_t n,
                              const float *y, int64_t ldy, int64_t r0, int64_t r1,
