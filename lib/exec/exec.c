@@ -20,6 +20,7 @@ struct moec_exec {
     int n_threads;
     int max_ctx;
     int pos;
+    bool layer_cache;     /* moec_exec_opts.layer_cache: the KV cache holds one layer */
     int qdim, kvdim;      /* H*hd, KV*hd */
     int ffn_max;          /* widest FFN intermediate among experts, shared, dense */
 
@@ -180,7 +181,8 @@ moec_status moec_exec_new(moec_exec **out, const moec_model *m, const moec_exec_
         ex->ffn_max = c->shared_ffn;
     if (c->dense_ffn > ex->ffn_max)
         ex->ffn_max = c->dense_ffn;
-    size_t kv = (size_t)c->n_layers * (size_t)o.max_ctx * (size_t)ex->kvdim;
+    ex->layer_cache = o.layer_cache;
+    size_t kv = (size_t)(o.layer_cache ? 1 : c->n_layers) * (size_t)o.max_ctx * (size_t)ex->kvdim;
     ex->kcache = malloc(kv * sizeof(float));
     ex->vcache = malloc(kv * sizeof(float));
     ex->rope = malloc((size_t)o.max_ctx * (size_t)c->head_dim * sizeof(float));
@@ -278,8 +280,9 @@ static void attend_head(moec_exec *ex, int layer, int h, int n, int p0, float *s
 {
     const moec_config *c = &ex->m->cfg;
     const int hd = c->head_dim, group = c->n_heads / c->n_kv_heads, kvh = h / group;
-    const float *K = ex->kcache + ((size_t)layer * ex->max_ctx) * ex->kvdim + (size_t)kvh * hd;
-    const float *V = ex->vcache + ((size_t)layer * ex->max_ctx) * ex->kvdim + (size_t)kvh * hd;
+    const size_t slot = ex->layer_cache ? 0 : (size_t)layer;
+    const float *K = ex->kcache + (slot * ex->max_ctx) * ex->kvdim + (size_t)kvh * hd;
+    const float *V = ex->vcache + (slot * ex->max_ctx) * ex->kvdim + (size_t)kvh * hd;
     const float *Q = ex->q + (size_t)h * hd;
     float *O = ex->att + (size_t)h * hd;
     const float scale = 1.0f / sqrtf((float)hd);
@@ -360,7 +363,7 @@ static void attention_block(moec_exec *ex, int l, int n)
         for (int h = 0; h < c->n_kv_heads; h++)
             moec_rope_head(ex->k + (size_t)i * ex->kvdim + (size_t)h * hd, cs, hd);
     }
-    size_t off = ((size_t)l * ex->max_ctx + (size_t)p0) * ex->kvdim;
+    size_t off = ((size_t)(ex->layer_cache ? 0 : l) * ex->max_ctx + (size_t)p0) * ex->kvdim;
     memcpy(ex->kcache + off, ex->k, (size_t)n * ex->kvdim * sizeof(float));
     memcpy(ex->vcache + off, ex->v, (size_t)n * ex->kvdim * sizeof(float));
     prof_stop(ex, MOEC_OP_QKV, t0);
@@ -508,37 +511,31 @@ static moec_status moe_block(moec_exec *ex, int l, int n, moec_err *err)
 
 /* ---- whole model ---- */
 
-static moec_status forward_chunk(moec_exec *ex, const int32_t *tokens, int n, float *logits, bool all_logits,
-                                 moec_err *err)
+/* x[n][d] = the embedding rows of tokens (checked by the caller). */
+static void embed_rows(moec_exec *ex, const int32_t *tokens, int n, float *x)
+{
+    const moec_model *m = ex->m;
+    const int d = m->cfg.hidden_size;
+    const uint64_t t0 = prof_start(ex);
+    const size_t row_bytes = (size_t)d * moec_dtype_size(m->embed.dtype);
+    for (int i = 0; i < n; i++) {
+        if (m->embed.dtype == MOEC_DT_QUANT) /* quantized embedding: dequantize the token's row */
+            moec_qformat_dequant_row(m->embed.q, tokens[i], x + (size_t)i * d);
+        else
+            moec_to_f32(x + (size_t)i * d, (const char *)m->embed.data + (size_t)tokens[i] * row_bytes,
+                        m->embed.dtype, (size_t)d);
+    }
+    prof_stop(ex, MOEC_OP_EMBED, t0);
+}
+
+/* logits of the n rows of ex->x: all of them, or only the last; p0 is the
+ * position of the first row (for the error message). */
+static moec_status head_rows(moec_exec *ex, int n, int p0, float *logits, bool all_logits, moec_err *err)
 {
     const moec_model *m = ex->m;
     const moec_config *c = &m->cfg;
     const int d = c->hidden_size;
-    uint64_t t0;
-    moec_status st = reserve_batch(ex, n, err);
-    if (st)
-        return st;
-    {
-        t0 = prof_start(ex);
-        const size_t row_bytes = (size_t)d * moec_dtype_size(m->embed.dtype);
-        for (int i = 0; i < n; i++) {
-            if (m->embed.dtype == MOEC_DT_QUANT) /* quantized embedding: dequantize the token's row */
-                moec_qformat_dequant_row(m->embed.q, tokens[i], ex->x + (size_t)i * d);
-            else
-                moec_to_f32(ex->x + (size_t)i * d, (const char *)m->embed.data + (size_t)tokens[i] * row_bytes,
-                            m->embed.dtype, (size_t)d);
-        }
-        prof_stop(ex, MOEC_OP_EMBED, t0);
-    }
-    for (int l = 0; l < c->n_layers; l++) {
-        attention_block(ex, l, n);
-        if ((st = moe_block(ex, l, n, err)))
-            return st;
-    }
-    ex->pos += n;
-    if (!logits)
-        return MOEC_OK;
-    t0 = prof_start(ex);
+    const uint64_t t0 = prof_start(ex);
     if (all_logits) {
         moec_rmsnorm_rows(ex->xn, ex->x, &m->final_norm, n, d, c->rms_eps);
         moec_matmul(ex->pool, logits, ex->xn, n, &m->lm_head, false);
@@ -551,26 +548,52 @@ static moec_status forward_chunk(moec_exec *ex, const int32_t *tokens, int n, fl
     for (size_t i = 0; i < cnt; i++)
         if (!isfinite(logits[i]))
             return moec_err_set(err, MOEC_ERR_NUMERIC, "non-finite logit at position %d (weights with NaN/Inf?)",
-                                ex->pos - n + (int)(i / (size_t)c->vocab_size));
+                                p0 + (int)(i / (size_t)c->vocab_size));
     return MOEC_OK;
 }
 
-/* Batches larger than this are run in chunks: activations stay bounded. */
-#define MOEC_EXEC_CHUNK 512
+static moec_status forward_chunk(moec_exec *ex, const int32_t *tokens, int n, float *logits, bool all_logits,
+                                 moec_err *err)
+{
+    const moec_config *c = &ex->m->cfg;
+    moec_status st = reserve_batch(ex, n, err);
+    if (st)
+        return st;
+    embed_rows(ex, tokens, n, ex->x);
+    for (int l = 0; l < c->n_layers; l++) {
+        attention_block(ex, l, n);
+        if ((st = moe_block(ex, l, n, err)))
+            return st;
+    }
+    ex->pos += n;
+    if (!logits)
+        return MOEC_OK;
+    return head_rows(ex, n, ex->pos - n, logits, all_logits, err);
+}
+
+static moec_status check_tokens(const moec_exec *ex, const int32_t *tokens, int n, moec_err *err)
+{
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= ex->m->cfg.vocab_size)
+            return moec_err_set(err, MOEC_ERR_ARG, "token id %d is outside the vocabulary [0, %d)", tokens[i],
+                                ex->m->cfg.vocab_size);
+    return MOEC_OK;
+}
 
 moec_status moec_exec_forward(moec_exec *ex, const int32_t *tokens, int n, float *logits, bool all_logits,
                               moec_err *err)
 {
     const moec_config *c = &ex->m->cfg;
+    if (ex->layer_cache)
+        return moec_err_set(err, MOEC_ERR_ARG, "forward: this executor caches one layer (layer-at-a-time use only)");
     if (n <= 0)
         return moec_err_set(err, MOEC_ERR_ARG, "forward: no tokens");
     if (n > ex->max_ctx - ex->pos)
         return moec_err_set(err, MOEC_ERR_ARG, "forward: %d tokens at position %d exceed the context of %d", n,
                             ex->pos, ex->max_ctx);
-    for (int i = 0; i < n; i++)
-        if (tokens[i] < 0 || tokens[i] >= c->vocab_size)
-            return moec_err_set(err, MOEC_ERR_ARG, "token id %d is outside the vocabulary [0, %d)", tokens[i],
-                                c->vocab_size);
+    moec_status st = check_tokens(ex, tokens, n, err);
+    if (st)
+        return st;
     for (int i0 = 0; i0 < n; i0 += MOEC_EXEC_CHUNK) {
         int m = n - i0 < MOEC_EXEC_CHUNK ? n - i0 : MOEC_EXEC_CHUNK;
         bool last = i0 + m == n;
@@ -579,8 +602,63 @@ moec_status moec_exec_forward(moec_exec *ex, const int32_t *tokens, int n, float
             out = logits + (size_t)i0 * c->vocab_size;
         else if (logits && last)
             out = logits;
-        moec_status st = forward_chunk(ex, tokens + i0, m, out, all_logits, err);
+        if ((st = forward_chunk(ex, tokens + i0, m, out, all_logits, err)))
+            return st;
+    }
+    return MOEC_OK;
+}
+
+/* ---- one layer at a time (lib/pipeline) ---- */
+
+moec_status moec_exec_embed(moec_exec *ex, const int32_t *tokens, int n, float *x, moec_err *err)
+{
+    if (n <= 0)
+        return moec_err_set(err, MOEC_ERR_ARG, "embed: no tokens");
+    moec_status st = check_tokens(ex, tokens, n, err);
+    if (st)
+        return st;
+    embed_rows(ex, tokens, n, x);
+    return MOEC_OK;
+}
+
+moec_status moec_exec_layer(moec_exec *ex, int layer, int pos, float *x, int n, moec_err *err)
+{
+    const moec_config *c = &ex->m->cfg;
+    const size_t d = (size_t)c->hidden_size;
+    if (layer < 0 || layer >= c->n_layers || n <= 0 || pos < 0)
+        return moec_err_set(err, MOEC_ERR_ARG, "layer %d: %d tokens at position %d", layer, n, pos);
+    if (n > ex->max_ctx - pos)
+        return moec_err_set(err, MOEC_ERR_ARG, "layer %d: %d tokens at position %d exceed the context of %d", layer,
+                            n, pos, ex->max_ctx);
+    for (int i0 = 0; i0 < n; i0 += MOEC_EXEC_CHUNK) {
+        const int m = n - i0 < MOEC_EXEC_CHUNK ? n - i0 : MOEC_EXEC_CHUNK;
+        moec_status st = reserve_batch(ex, m, err);
         if (st)
+            return st;
+        memcpy(ex->x, x + (size_t)i0 * d, (size_t)m * d * sizeof(float));
+        ex->pos = pos + i0;
+        attention_block(ex, layer, m);
+        if ((st = moe_block(ex, layer, m, err)))
+            return st;
+        memcpy(x + (size_t)i0 * d, ex->x, (size_t)m * d * sizeof(float));
+    }
+    ex->pos = pos + n;
+    return MOEC_OK;
+}
+
+moec_status moec_exec_head(moec_exec *ex, const float *x, int n, float *logits, moec_err *err)
+{
+    const moec_config *c = &ex->m->cfg;
+    const size_t d = (size_t)c->hidden_size;
+    if (n <= 0)
+        return moec_err_set(err, MOEC_ERR_ARG, "head: no tokens");
+    for (int i0 = 0; i0 < n; i0 += MOEC_EXEC_CHUNK) {
+        const int m = n - i0 < MOEC_EXEC_CHUNK ? n - i0 : MOEC_EXEC_CHUNK;
+        moec_status st = reserve_batch(ex, m, err);
+        if (st)
+            return st;
+        memcpy(ex->x, x + (size_t)i0 * d, (size_t)m * d * sizeof(float));
+        if ((st = head_rows(ex, m, i0, logits + (size_t)i0 * c->vocab_size, true, err)))
             return st;
     }
     return MOEC_OK;

@@ -276,6 +276,44 @@ moec_status moec_model_for_each_slot(moec_model *m, moec_slot_fn fn, void *ctx, 
     return MOEC_OK;
 }
 
+typedef struct part_walk {
+    int part;
+    const moec_model *m;
+    moec_slot_fn fn;
+    void *ctx;
+} part_walk;
+
+static moec_status part_slot(void *vctx, const moec_slot *s, moec_err *err)
+{
+    part_walk *w = vctx;
+    bool in;
+    if (w->part >= 0)
+        in = s->layer == w->part;
+    else if (w->part == MOEC_PART_EMBED)
+        in = s->t == &w->m->embed;
+    else
+        in = s->layer < 0 && s->t != &w->m->embed;
+    return in ? w->fn(w->ctx, s, err) : MOEC_OK;
+}
+
+moec_status moec_model_for_each_slot_in(moec_model *m, int part, moec_slot_fn fn, void *ctx, moec_err *err)
+{
+    if (part >= m->cfg.n_layers || part < MOEC_PART_HEAD)
+        return moec_err_set(err, MOEC_ERR_ARG, "model part %d of a %d-layer model", part, m->cfg.n_layers);
+    part_walk w = {part, m, fn, ctx};
+    return moec_model_for_each_slot(m, part_slot, &w, err);
+}
+
+size_t moec_model_arena_mark(const moec_model *m) { return m->n_owned; }
+
+void moec_model_arena_release(moec_model *m, size_t mark)
+{
+    for (size_t i = mark; i < m->n_owned; i++)
+        free(m->owned[i]);
+    if (mark < m->n_owned)
+        m->n_owned = mark;
+}
+
 static moec_status count_slot(void *ctx, const moec_slot *s, moec_err *err)
 {
     (void)err;

@@ -125,6 +125,20 @@ typedef moec_status (*moec_slot_fn)(void *ctx, const moec_slot *slot, moec_err *
 /* Calls fn for every tensor the config calls for, in a fixed order. */
 moec_status moec_model_for_each_slot(moec_model *m, moec_slot_fn fn, void *ctx, moec_err *err);
 
+/* The parts a model is streamed in, in file order: the embedding, then
+ * layers 0 .. n_layers-1 (part = the layer index), then the final norm and
+ * lm_head (lib/pipeline, model_sink.h). */
+enum { MOEC_PART_EMBED = -1, MOEC_PART_HEAD = -2 };
+
+/* moec_model_for_each_slot restricted to one part, in the same order. */
+moec_status moec_model_for_each_slot_in(moec_model *m, int part, moec_slot_fn fn, void *ctx, moec_err *err);
+
+/* Buffers allocated by moec_model_alloc since a mark: a layer-streaming
+ * pass marks before building a layer and, once the layer is written, frees
+ * what it allocated (views into those buffers must be dropped first). */
+size_t moec_model_arena_mark(const moec_model *m);
+void moec_model_arena_release(moec_model *m, size_t mark);
+
 /* Parameters and bytes actually stored (all tensors, tied head counted once). */
 int64_t moec_model_params(const moec_model *m);
 uint64_t moec_model_bytes(const moec_model *m);

@@ -78,13 +78,6 @@ moec_status moec_model_dequantize(moec_model *m, moec_dtype dtype, moec_err *err
     return st;
 }
 
-/* ---- save ---- */
-
-typedef struct {
-    moec_container_writer *w;
-    const moec_moec_save_opts *o;
-} save_ctx;
-
 static moec_status shape_matches(const moec_slot *s, const moec_tensor *t, moec_err *err)
 {
     bool ok = t->ndim == s->ndim && t->shape[0] == s->shape[0] && (s->ndim == 1 || t->shape[1] == s->shape[1]);
@@ -96,105 +89,6 @@ static moec_status shape_matches(const moec_slot *s, const moec_tensor *t, moec_
     return moec_err_set(err, MOEC_ERR_SHAPE, "tensor %s: %d-D [%lld,%lld] where the config implies [%lld,%lld]",
                         s->name, t->ndim, (long long)t->shape[0], (long long)(t->ndim > 1 ? t->shape[1] : 0),
                         (long long)s->shape[0], (long long)s->shape[1]);
-}
-
-static moec_status save_slot(void *vctx, const moec_slot *s, moec_err *err)
-{
-    save_ctx *ctx = vctx;
-    const moec_tensor *t = s->t;
-    if (!moec_tensor_present(t)) {
-        if (s->optional)
-            return MOEC_OK;
-        return moec_err_set(err, MOEC_ERR_INTERNAL, "tensor %s is absent", s->name);
-    }
-    moec_status st = shape_matches(s, t, err);
-    if (st)
-        return st;
-    moec_ctensor_desc d;
-    memset(&d, 0, sizeof d);
-    d.name = s->name;
-    d.type.ndim = t->ndim;
-    for (int k = 0; k < t->ndim; k++)
-        d.type.shape[k] = t->shape[k];
-    d.compress = ctx->o->compress ? MOEC_COMPRESS_AUTO : MOEC_COMPRESS_NONE;
-    if (t->dtype == MOEC_DT_QUANT) {
-        const moec_qformat *f = t->q;
-        if (!f)
-            return moec_err_set(err, MOEC_ERR_INTERNAL, "tensor %s is quantized but has no format", s->name);
-        if ((st = moec_qformat_validate(f, s->name, err)))
-            return st;
-        if (f->rows != t->shape[0] || f->cols != t->shape[1])
-            return moec_err_set(err, MOEC_ERR_INTERNAL, "tensor %s: format %lldx%lld, view %lldx%lld", s->name,
-                                (long long)f->rows, (long long)f->cols, (long long)t->shape[0],
-                                (long long)t->shape[1]);
-        d.type.storage = MOEC_STORAGE_GROUPWISE;
-        d.type.bits = f->bits;
-        d.type.group = f->group;
-        d.type.symmetric = f->symmetric;
-        d.sections[d.n_sections++] = (moec_csection){MOEC_SECTION_CODES, f->codes, f->codes_bytes};
-        d.sections[d.n_sections++] = (moec_csection){MOEC_SECTION_SCALES, f->scales, f->scales_bytes};
-        if (!f->symmetric)
-            d.sections[d.n_sections++] = (moec_csection){MOEC_SECTION_ZEROS, f->zeros, f->zeros_bytes};
-    } else {
-        switch (t->dtype) {
-        case MOEC_DT_F32: d.type.storage = MOEC_STORAGE_F32; break;
-        case MOEC_DT_F16: d.type.storage = MOEC_STORAGE_F16; break;
-        case MOEC_DT_BF16: d.type.storage = MOEC_STORAGE_BF16; break;
-        default:
-            return moec_err_set(err, MOEC_ERR_UNSUPPORTED, "tensor %s has dtype %s; .moec stores F32, F16, BF16 "
-                                "and group-wise quantized tensors", s->name, moec_dtype_name(t->dtype));
-        }
-        size_t bytes = (size_t)moec_tensor_numel(t) * moec_dtype_size(t->dtype);
-        if (t->nbytes < bytes || !t->data)
-            return moec_err_set(err, MOEC_ERR_INTERNAL, "tensor %s: %zu bytes of data, its shape needs %zu", s->name,
-                                t->nbytes, bytes);
-        d.sections[d.n_sections++] = (moec_csection){MOEC_SECTION_DATA, t->data, bytes};
-    }
-    return moec_container_writer_add_tensor(ctx->w, &d, err);
-}
-
-moec_status moec_model_save_moec(const moec_model *m, const char *path, const moec_moec_save_opts *o,
-                                 moec_err *err)
-{
-    const moec_moec_save_opts defaults = MOEC_MOEC_SAVE_OPTS_DEFAULT;
-    if (!o)
-        o = &defaults;
-    moec_container_writer_opts wo;
-    moec_container_writer_opts_default(&wo);
-    if (o->zstd_level)
-        wo.zstd_level = o->zstd_level;
-    moec_container_writer *w = NULL;
-    char *config = NULL;
-    moec_status st = moec_container_writer_new(&wo, &w, err);
-    if (st)
-        return st;
-    /* per-tensor quantization lives in the tensor entries; the config keeps
-     * only what HF knows (expert counts as stored) */
-    if ((st = moec_config_to_hf_json(&m->cfg, m->config_json, &config, err)) ||
-        (st = moec_container_writer_add_blob(w, "config.json", config, strlen(config), err)))
-        goto done;
-    if (m->tokenizer_json &&
-        (st = moec_container_writer_add_blob(w, "tokenizer.json", m->tokenizer_json, m->tokenizer_json_len, err)))
-        goto done;
-    for (int i = 0; i < MOEC_N_SIDE_FILES && !st; i++)
-        if (m->side[i].data)
-            st = moec_container_writer_add_blob(w, moec_side_file_names[i], m->side[i].data, m->side[i].len, err);
-    if (st)
-        goto done;
-    if (o->report_json &&
-        (st = moec_container_writer_add_blob(w, "report.json", o->report_json, strlen(o->report_json), err)))
-        goto done;
-    /* streaming: each tensor is encoded and written as it is added */
-    if ((st = moec_container_writer_stream(w, path, err)))
-        goto done;
-    save_ctx ctx = {w, o};
-    if ((st = moec_model_for_each_slot((moec_model *)m, save_slot, &ctx, err)))
-        goto done;
-    st = moec_container_writer_write(w, path, err);
-done:
-    moec_container_writer_free(w);
-    free(config);
-    return st;
 }
 
 /* ---- open ---- */
