@@ -11,6 +11,7 @@
 #ifndef MOEC_FORMATS_SAFETENSORS_H
 #define MOEC_FORMATS_SAFETENSORS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -92,6 +93,13 @@ const char *moec_st_metadata(const moec_safetensors *st, const char *key);
 
 /* Total size in bytes of all shard files (the index file not counted). */
 uint64_t moec_st_file_bytes(const moec_safetensors *st);
+
+/* When [p, p + n) lies in one of st's file mappings, releases its whole
+ * pages from the process (core/fsutil.h moec_release_pages; the data stays
+ * readable, it is read from the file again when touched) and returns true;
+ * otherwise does nothing and returns false. Memory given to
+ * moec_st_open_memory is never released. */
+bool moec_st_release(const moec_safetensors *st, const void *p, size_t n);
 
 /* ---- writer ------------------------------------------------------------ */
 

@@ -304,6 +304,47 @@ moec_status moec_model_for_each_slot_in(moec_model *m, int part, moec_slot_fn fn
     return moec_model_for_each_slot(m, part_slot, &w, err);
 }
 
+static void release_range(const moec_model *m, const void *p, size_t n)
+{
+    for (; m && p && n; m = m->parent)
+        if ((m->st && moec_st_release(m->st, p, n)) || (m->ct && moec_container_release(m->ct, p, n)))
+            return;
+}
+
+static moec_status release_slot(void *ctx, const moec_slot *s, moec_err *err)
+{
+    (void)err;
+    const moec_model *m = ctx;
+    const moec_tensor *t = s->t;
+    if (!moec_tensor_present(t))
+        return MOEC_OK;
+    if (t->dtype == MOEC_DT_QUANT && t->q) {
+        release_range(m, t->q->codes, t->q->codes_bytes);
+        release_range(m, t->q->scales, t->q->scales_bytes);
+        release_range(m, t->q->zeros, t->q->zeros_bytes);
+    } else {
+        release_range(m, t->data, t->nbytes);
+    }
+    return MOEC_OK;
+}
+
+void moec_model_release_part(const moec_model *m, int part)
+{
+    moec_model_for_each_slot_in((moec_model *)m, part, release_slot, (void *)m, NULL);
+}
+
+static moec_status clear_slot(void *ctx, const moec_slot *s, moec_err *err)
+{
+    (void)ctx, (void)err;
+    memset(s->t, 0, sizeof *s->t);
+    return MOEC_OK;
+}
+
+void moec_model_clear_part(moec_model *m, int part)
+{
+    moec_model_for_each_slot_in(m, part, clear_slot, NULL, NULL);
+}
+
 size_t moec_model_arena_mark(const moec_model *m) { return m->n_owned; }
 
 void moec_model_arena_release(moec_model *m, size_t mark)

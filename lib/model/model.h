@@ -133,6 +133,17 @@ enum { MOEC_PART_EMBED = -1, MOEC_PART_HEAD = -2 };
 /* moec_model_for_each_slot restricted to one part, in the same order. */
 moec_status moec_model_for_each_slot_in(moec_model *m, int part, moec_slot_fn fn, void *ctx, moec_err *err);
 
+/* Releases the pages of a part's tensors that are views into a checkpoint
+ * file mapped by m or by a model it derives from (moec_model_derive):
+ * they leave the process's resident memory and are read again from the
+ * file if touched. Owned buffers are not touched. For streaming a
+ * checkpoint larger than memory: a layer's source pages go once the layer
+ * is done. */
+void moec_model_release_part(const moec_model *m, int part);
+
+/* Marks every tensor of a part absent (views dropped, nothing freed). */
+void moec_model_clear_part(moec_model *m, int part);
+
 /* Buffers allocated by moec_model_alloc since a mark: a layer-streaming
  * pass marks before building a layer and, once the layer is written, frees
  * what it allocated (views into those buffers must be dropped first). */
