@@ -309,6 +309,9 @@ int main(int argc, char **argv)
     }
     po.domains = domains;
     po.n_domains = n_domains;
+    /* written layer by layer while it is built */
+    po.out_dir = out;
+    po.overwrite = force;
 
     moec_prune_report rep;
     moec_model *res = NULL;
@@ -322,8 +325,6 @@ int main(int argc, char **argv)
     else
         st = moec_prune_freq(m, stats[0], &po, &res, &rep, &err);
     if (st)
-        cli_die_err(&err);
-    if (moec_model_save_hf(res, out, 0, force, &err))
         cli_die_err(&err);
 
     if (!cli_quiet)
