@@ -13,6 +13,7 @@
 #include "model/model.h"
 #include "quant/eaquant.h"
 #include "core/qformat.h"
+#include "quant/gptq.h"
 #include "quant/recipe.h"
 
 /* The calibration windows and how every pass runs them. */
@@ -118,5 +119,85 @@ moec_status qr_measure_eps(const qr_windows *w, const moec_model *work, moec_poo
  * verify fields and rep->layers[*].block_err / router_agree. */
 moec_status qr_verify(const qr_windows *w, const moec_model *src, const moec_model *work, float *const *s,
                       int64_t max_tokens, moec_quant_report *rep, moec_err *err);
+
+
+/* ---- the recipe's shared state and helpers (recipe.c, quant_jobs.c,
+ * quant_layers.c, quant_moe.c, recipe_report.c) ---- */
+
+/* MoE layers' per-group clipping search grid when EAQuant's search picks clipping. */
+#define QR_CLIP_GRID_SEARCH 20
+
+typedef struct qr_recipe_run {
+    const moec_model *src;
+    moec_model *work, *out;
+    const moec_quant_recipe *r;
+    qr_windows w;
+    bool have_windows;
+    const moec_stats *stats;
+    moec_pool *pool;
+    moec_quant_report *rep;
+    float **smooth;       /* [n_layers] factors or NULL */
+    int cap_notes;
+    moec_quant_progress progress;
+    void *pctx;
+} qr_recipe_run;
+
+
+double qr_now(void);
+/* Appends a note (one line) to the report; a note lost to memory pressure is dropped. */
+void qr_note(qr_recipe_run *R, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void qr_progress(qr_recipe_run *R, const char *stage, int layer);
+
+/* A float copy of a 2-D compute tensor (malloc'd). */
+moec_status qr_to_float(const moec_tensor *t, const char *what, float **out, moec_err *err);
+/* Stores q as the output's tensor *ot and makes the working model's *wt a view of it. */
+moec_status qr_install(qr_recipe_run *R, moec_tensor *wt, moec_tensor *ot, const moec_qformat *q, const char *name,
+                       moec_err *err);
+
+/* One matrix to quantize: RTN, or GPTQ with a prepared inverse Hessian. */
+typedef struct qr_mjob {
+    const float *W;
+    int64_t rows, cols;
+    int bits;
+    int clip_grid;
+    int group;
+    const moec_gptq_hinv *hinv;
+    char name[96];
+    moec_qmatrix q;
+    moec_status st;
+    moec_err err;
+} qr_mjob;
+
+/* Runs the jobs over the pool; the first failure (in job order) is returned. */
+moec_status qr_run_mjobs(qr_recipe_run *R, qr_mjob *j, int n, moec_err *err);
+void qr_mjobs_free(qr_mjob *j, int n);
+qr_mjob qr_mjob_make(const float *W, int64_t rows, int64_t cols, int bits, int group, int clip_grid,
+                     const moec_gptq_hinv *hinv, const char *fmt, ...) __attribute__((format(printf, 8, 9)));
+
+/* One inverse-Hessian factor to build. */
+typedef struct qr_hjob {
+    const double *H;
+    int64_t cols, n;
+    moec_gptq_hinv *hinv;
+    moec_gptq_report rep;
+    moec_status st;
+    moec_err err;
+    char name[96];
+} qr_hjob;
+
+/* Builds the factors of every job with H set; a job whose factorisation
+ * fails keeps hinv NULL (RTN) and gets a note. Returns damping retries. */
+int qr_run_hjobs(qr_recipe_run *R, qr_hjob *j, int n);
+void qr_hjobs_free(qr_hjob *j, int n);
+
+/* quant_layers.c: embeddings and head, attention, dense MLP layers */
+moec_status qr_quant_embeddings(qr_recipe_run *R, moec_err *err);
+moec_status qr_quant_attention(qr_recipe_run *R, int l, moec_err *err);
+moec_status qr_quant_dense(qr_recipe_run *R, int l, moec_err *err);
+/* quant_moe.c: one MoE layer */
+moec_status qr_moe_layer_run(qr_recipe_run *R, int l, moec_err *err);
+/* recipe_report.c */
+moec_status qr_report_init(moec_quant_report *rep, const moec_model *m, const moec_quant_recipe *r, moec_err *err);
+void qr_fill_totals(qr_recipe_run *R);
 
 #endif
