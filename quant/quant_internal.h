@@ -11,10 +11,13 @@
 #include "core/threadpool.h"
 #include "exec/exec.h"
 #include "model/model.h"
+#include "pipeline/pipeline.h"
 #include "quant/eaquant.h"
 #include "core/qformat.h"
 #include "quant/gptq.h"
 #include "quant/recipe.h"
+
+typedef struct qr_verify qr_verify;
 
 /* The calibration windows and how every pass runs them. */
 typedef struct qr_windows {
@@ -26,6 +29,7 @@ typedef struct qr_windows {
     int64_t tokens;     /* Σ len */
     int threads;        /* executor threads */
     int act_bits;       /* executor activation quantization of the working model */
+    moec_pipeline *p;   /* the pipeline the passes run on (its states are the working model's) */
 } qr_windows;
 
 /* A hook cannot return an error: it records the first one here. */
@@ -34,13 +38,12 @@ typedef struct qr_hook_status {
     moec_err err;
 } qr_hook_status;
 
-/* Runs windows through m (from an empty cache each) with the given hooks
- * (either may be NULL), using the original model's settings when
- * `original` (no activation quantization) or w->act_bits otherwise; stops
- * after max_tokens tokens when > 0. Fails with the executor's error or the
- * hook's recorded one. */
-moec_status qr_run_pass(const qr_windows *w, const moec_model *m, bool original, int64_t max_tokens,
-                        moec_moe_hook mh, moec_attn_hook ah, void *hctx, qr_hook_status *hs, moec_err *err);
+/* Runs the windows through layer `layer` of the working model (from the
+ * pipeline's states, which stay as they are) with the given hooks (either
+ * may be NULL). Fails with the executor's error or the hook's recorded
+ * one. */
+moec_status qr_run_pass(const qr_windows *w, int layer, moec_moe_hook mh, moec_attn_hook ah, void *hctx,
+                        qr_hook_status *hs, moec_err *err);
 
 /* ---- quant_hessians.c ---- */
 
@@ -111,14 +114,23 @@ moec_status qr_measure_eps(const qr_windows *w, const moec_model *work, moec_poo
 
 /* ---- quant_verify.c ---- */
 
-/* Compares the working model with the original on up to max_tokens tokens
- * of the windows: mean KL(original ‖ work), top-1 agreement, and per MoE
- * layer the routing top-k agreement and the routed block's relative output
- * error given the working model's inputs (the original experts evaluated on
- * the same inputs, unsmoothed with s[layer] when not NULL). Fills rep's
- * verify fields and rep->layers[*].block_err / router_agree. */
-moec_status qr_verify(const qr_windows *w, const moec_model *src, const moec_model *work, float *const *s,
-                      int64_t max_tokens, moec_quant_report *rep, moec_err *err);
+/* Compares the working model with the original on the first windows up
+ * to max_tokens tokens (the one that reaches it included): mean
+ * KL(original ‖ work), top-1 agreement, and per MoE layer the routing
+ * top-k agreement and the routed block's relative output error given the
+ * working model's inputs (the original experts evaluated on the same
+ * inputs, unsmoothed with the layer's factors when not NULL). Runs with
+ * the pipeline: qr_verify_new at the start (the original model's states of
+ * those windows), qr_verify_layer once a layer is quantized (it moves the
+ * pipeline's states through the layer itself and fills the layer's
+ * block_err / router_agree), qr_verify_finish at the end (the verify
+ * fields of rep). */
+moec_status qr_verify_new(qr_verify **out, const qr_windows *w, const moec_model *src, int64_t max_tokens,
+                          moec_err *err);
+moec_status qr_verify_layer(qr_verify *v, moec_pipeline *p, int layer, const float *s, moec_quant_report *rep,
+                            moec_err *err);
+moec_status qr_verify_finish(qr_verify *v, moec_pipeline *p, moec_quant_report *rep, moec_err *err);
+void qr_verify_free(qr_verify *v);
 
 
 /* ---- the recipe's shared state and helpers (recipe.c, quant_jobs.c,
@@ -126,6 +138,14 @@ moec_status qr_verify(const qr_windows *w, const moec_model *src, const moec_mod
 
 /* MoE layers' per-group clipping search grid when EAQuant's search picks clipping. */
 #define QR_CLIP_GRID_SEARCH 20
+
+/* Sizes of what the output holds, counted part by part as parts are done
+ * (a streamed output keeps none of them). */
+typedef struct qr_totals {
+    int64_t qparams, params;
+    uint64_t qbytes, bytes;
+    double code_bits;
+} qr_totals;
 
 typedef struct qr_recipe_run {
     const moec_model *src;
@@ -140,6 +160,9 @@ typedef struct qr_recipe_run {
     int cap_notes;
     moec_quant_progress progress;
     void *pctx;
+    qr_totals tot;
+    qr_verify *verify;    /* NULL unless verifying */
+    size_t work_mark;     /* the working model's arena at the start of the current layer */
 } qr_recipe_run;
 
 
@@ -191,13 +214,17 @@ int qr_run_hjobs(qr_recipe_run *R, qr_hjob *j, int n);
 void qr_hjobs_free(qr_hjob *j, int n);
 
 /* quant_layers.c: embeddings and head, attention, dense MLP layers */
-moec_status qr_quant_embeddings(qr_recipe_run *R, moec_err *err);
+moec_status qr_quant_embed(qr_recipe_run *R, moec_err *err);
+moec_status qr_quant_head(qr_recipe_run *R, moec_err *err);
 moec_status qr_quant_attention(qr_recipe_run *R, int l, moec_err *err);
 moec_status qr_quant_dense(qr_recipe_run *R, int l, moec_err *err);
 /* quant_moe.c: one MoE layer */
 moec_status qr_moe_layer_run(qr_recipe_run *R, int l, moec_err *err);
 /* recipe_report.c */
 moec_status qr_report_init(moec_quant_report *rep, const moec_model *m, const moec_quant_recipe *r, moec_err *err);
+/* Adds a part of the output (model.h's parts) to R->tot; the report's
+ * totals come from R->tot. */
+void qr_count_part(qr_recipe_run *R, int part);
 void qr_fill_totals(qr_recipe_run *R);
 
 #endif

@@ -9,32 +9,45 @@
 #include "quant/quant_internal.h"
 
 
-moec_status qr_quant_embeddings(qr_recipe_run *R, moec_err *err)
+/* The embedding by RTN (the recipe's first step: the calibration windows
+ * enter the working model through it); a tied head is the same tensor. */
+moec_status qr_quant_embed(qr_recipe_run *R, moec_err *err)
 {
     const moec_model *src = R->src;
     const int64_t V = src->cfg.vocab_size, d = src->cfg.hidden_size;
-    const bool tied = src->cfg.tie_embeddings;
-    qr_mjob j[2];
-    int n = 0;
-    float *E = NULL, *H = NULL;
+    float *E = NULL;
     moec_status st = qr_to_float(&src->embed, "embed_tokens", &E, err);
-    if (!st)
-        j[n++] = qr_mjob_make(E, V, d, R->r->embed_bits, R->r->embed_group, R->r->clip_grid, NULL, "model.embed_tokens");
-    if (!st && !tied && (st = qr_to_float(&src->lm_head, "lm_head", &H, err)) == MOEC_OK)
-        j[n++] = qr_mjob_make(H, V, d, R->r->embed_bits, R->r->embed_group, R->r->clip_grid, NULL, "lm_head");
-    if (!st)
-        st = qr_run_mjobs(R, j, n, err);
-    if (!st)
-        st = qr_install(R, &R->work->embed, &R->out->embed, &j[0].q.f, j[0].name, err);
-    if (!st && tied) {
+    if (st)
+        return st;
+    qr_mjob j = qr_mjob_make(E, V, d, R->r->embed_bits, R->r->embed_group, R->r->clip_grid, NULL,
+                             "model.embed_tokens");
+    if (!(st = qr_run_mjobs(R, &j, 1, err)))
+        st = qr_install(R, &R->work->embed, &R->out->embed, &j.q.f, j.name, err);
+    if (!st && src->cfg.tie_embeddings) {
         R->work->lm_head = R->work->embed;
         R->out->lm_head = R->out->embed;
-    } else if (!st) {
-        st = qr_install(R, &R->work->lm_head, &R->out->lm_head, &j[1].q.f, j[1].name, err);
     }
-    for (int i = 0; i < n; i++)
-        moec_qmatrix_free(&j[i].q);
-    free(E), free(H);
+    moec_qmatrix_free(&j.q);
+    free(E);
+    return st;
+}
+
+/* An untied lm_head by RTN (the recipe's last step). */
+moec_status qr_quant_head(qr_recipe_run *R, moec_err *err)
+{
+    const moec_model *src = R->src;
+    if (src->cfg.tie_embeddings)
+        return MOEC_OK;
+    const int64_t V = src->cfg.vocab_size, d = src->cfg.hidden_size;
+    float *H = NULL;
+    moec_status st = qr_to_float(&src->lm_head, "lm_head", &H, err);
+    if (st)
+        return st;
+    qr_mjob j = qr_mjob_make(H, V, d, R->r->embed_bits, R->r->embed_group, R->r->clip_grid, NULL, "lm_head");
+    if (!(st = qr_run_mjobs(R, &j, 1, err)))
+        st = qr_install(R, &R->work->lm_head, &R->out->lm_head, &j.q.f, j.name, err);
+    moec_qmatrix_free(&j.q);
+    free(H);
     return st;
 }
 

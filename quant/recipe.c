@@ -114,9 +114,76 @@ static moec_status setup_windows(qr_recipe_run *R, const moec_quant_calib *cal, 
     return MOEC_OK;
 }
 
-moec_status moec_quant_model(const moec_model *src, const moec_quant_calib *cal, const moec_quant_recipe *r,
-                             moec_model **out, moec_quant_report *rep, moec_quant_progress progress_fn,
-                             void *progress_ctx, moec_err *err)
+/* ---- the pipeline's steps ---- */
+
+static moec_status recipe_begin(void *ctx, moec_pipeline *p, moec_err *err)
+{
+    qr_recipe_run *R = ctx;
+    R->w.p = p;
+    moec_status st;
+    if (R->r->embed_bits) {
+        qr_progress(R, "embeddings", -1);
+        if ((st = qr_quant_embed(R, err)))
+            return st;
+    }
+    if (R->have_windows && R->r->verify_tokens > 0 &&
+        (st = qr_verify_new(&R->verify, &R->w, R->src, R->r->verify_tokens, err)))
+        return st;
+    qr_count_part(R, MOEC_PART_EMBED);
+    return MOEC_OK;
+}
+
+static moec_status recipe_layer(void *ctx, moec_pipeline *p, int l, moec_err *err)
+{
+    qr_recipe_run *R = ctx;
+    const moec_quant_recipe *r = R->r;
+    R->work_mark = moec_model_arena_mark(R->work);
+    moec_status st = MOEC_OK;
+    if (r->attn && (st = qr_quant_attention(R, l, err)))
+        return st;
+    if ((st = R->src->layers[l].n_experts ? qr_moe_layer_run(R, l, err) : qr_quant_dense(R, l, err)))
+        return st;
+    /* the windows move on through the finished layer, compared with the original on the way */
+    if (R->verify) {
+        qr_progress(R, "verify", l);
+        st = qr_verify_layer(R->verify, p, l, R->smooth[l], R->rep, err);
+    } else if (R->have_windows) {
+        st = moec_pipeline_advance(p, l, NULL, NULL, NULL, NULL, err);
+    }
+    if (st)
+        return st;
+    qr_count_part(R, l);
+    /* the layer is done: the working model's views of it (and its float
+     * copies) go; the output's go to the sink */
+    moec_model_clear_part(R->work, l);
+    moec_model_arena_release(R->work, R->work_mark);
+    free(R->smooth[l]);
+    R->smooth[l] = NULL;
+    return MOEC_OK;
+}
+
+static moec_status recipe_end(void *ctx, moec_pipeline *p, moec_err *err)
+{
+    qr_recipe_run *R = ctx;
+    moec_status st;
+    if (R->r->embed_bits) {
+        qr_progress(R, "head", -1);
+        if ((st = qr_quant_head(R, err)))
+            return st;
+    }
+    if (R->verify) {
+        qr_progress(R, "verify", -1);
+        if ((st = qr_verify_finish(R->verify, p, R->rep, err)))
+            return st;
+        R->rep->passes++;
+    }
+    qr_count_part(R, MOEC_PART_HEAD);
+    return MOEC_OK;
+}
+
+moec_status moec_quant_model_to(const moec_model *src, const moec_quant_calib *cal, const moec_quant_recipe *r,
+                                moec_model_sink *sink, moec_model **out, moec_quant_report *rep,
+                                moec_quant_progress progress_fn, void *progress_ctx, moec_err *err)
 {
     *out = NULL;
     memset(rep, 0, sizeof *rep);
@@ -133,7 +200,7 @@ moec_status moec_quant_model(const moec_model *src, const moec_quant_calib *cal,
             return st;
     }
     qr_recipe_run R = {.src = src, .r = r, .rep = rep, .progress = progress_fn, .pctx = progress_ctx,
-                    .stats = cal ? cal->stats : NULL};
+                       .stats = cal ? cal->stats : NULL};
     if ((st = qr_report_init(rep, src, r, err)))
         goto done;
     if ((st = setup_windows(&R, cal, err)))
@@ -147,24 +214,12 @@ moec_status moec_quant_model(const moec_model *src, const moec_quant_calib *cal,
     }
     if ((st = moec_model_derive(&R.work, src, err)) || (st = moec_model_derive(&R.out, src, err)))
         goto done;
-    if (r->embed_bits) {
-        qr_progress(&R, "embeddings", -1);
-        if ((st = qr_quant_embeddings(&R, err)))
-            goto done;
-    }
-    for (int l = 0; l < src->cfg.n_layers && !st; l++) {
-        if (r->attn && (st = qr_quant_attention(&R, l, err)))
-            break;
-        st = src->layers[l].n_experts ? qr_moe_layer_run(&R, l, err) : qr_quant_dense(&R, l, err);
-    }
-    if (st)
+    moec_pipeline_opts po = {.ids = R.have_windows ? R.w.ids : NULL, .window_len = R.w.len, .n_windows = R.w.n,
+                             .threads = r->threads, .act_bits = r->act_bits, .run = R.work, .sink = sink,
+                             .release_source = sink != NULL};
+    const moec_pipeline_ops ops = {.begin = recipe_begin, .layer = recipe_layer, .end = recipe_end};
+    if ((st = moec_pipeline_run(src, R.out, &po, &ops, &R, err)))
         goto done;
-    if (R.have_windows && r->verify_tokens > 0) {
-        qr_progress(&R, "verify", -1);
-        if ((st = qr_verify(&R.w, src, R.work, R.smooth, r->verify_tokens, rep, err)))
-            goto done;
-        rep->passes++;
-    }
     qr_fill_totals(&R);
     rep->seconds = qr_now() - t0;
 done:
@@ -173,6 +228,7 @@ done:
             free(R.smooth[l]);
     free(R.smooth);
     free(R.w.start);
+    qr_verify_free(R.verify);
     moec_pool_free(R.pool);
     moec_model_close(R.work);
     if (st) {
@@ -184,3 +240,9 @@ done:
     return MOEC_OK;
 }
 
+moec_status moec_quant_model(const moec_model *src, const moec_quant_calib *cal, const moec_quant_recipe *r,
+                             moec_model **out, moec_quant_report *rep, moec_quant_progress progress_fn,
+                             void *progress_ctx, moec_err *err)
+{
+    return moec_quant_model_to(src, cal, r, NULL, out, rep, progress_fn, progress_ctx, err);
+}

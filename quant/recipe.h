@@ -211,6 +211,18 @@ moec_status moec_quant_model(const moec_model *src, const moec_quant_calib *cal,
                              moec_model **out, moec_quant_report *rep, moec_quant_progress progress,
                              void *progress_ctx, moec_err *err);
 
+/* The same, streamed: the model is quantized one layer at a time on the
+ * layer-streaming pipeline (lib/pipeline), and each finished part goes to
+ * sink (model_sink.h, e.g. a .moec container) and leaves memory, with the
+ * source's pages of the part, so a checkpoint larger than memory can be
+ * quantized. *out then holds the config, tokenizer and side files but no
+ * tensors of the layers; finish the sink with it and the report
+ * (moec_model_sink_finish). With sink NULL this is moec_quant_model. */
+struct moec_model_sink;
+moec_status moec_quant_model_to(const moec_model *src, const moec_quant_calib *cal, const moec_quant_recipe *r,
+                                struct moec_model_sink *sink, moec_model **out, moec_quant_report *rep,
+                                moec_quant_progress progress, void *progress_ctx, moec_err *err);
+
 /* Checks a recipe's ranges and combinations; `cal_has_windows` says whether
  * calibration tokens will be given. */
 moec_status moec_quant_recipe_check(const moec_quant_recipe *r, bool cal_has_windows, moec_err *err);

@@ -187,16 +187,10 @@ cJSON *moec_quant_report_json(const moec_quant_report *rep, const moec_quant_rec
 
 /* ---- totals ---- */
 
-typedef struct totals {
-    int64_t qparams, params;
-    uint64_t qbytes, bytes;
-    double code_bits;
-} totals;
-
 static moec_status count_slot(void *ctx, const moec_slot *s, moec_err *err)
 {
     (void)err;
-    totals *t = ctx;
+    qr_totals *t = ctx;
     if (!moec_tensor_present(s->t))
         return MOEC_OK;
     const int64_t n = moec_tensor_numel(s->t);
@@ -214,11 +208,15 @@ static moec_status count_slot(void *ctx, const moec_slot *s, moec_err *err)
     return MOEC_OK;
 }
 
+void qr_count_part(qr_recipe_run *R, int part)
+{
+    moec_model_for_each_slot_in(R->out, part, count_slot, &R->tot, NULL);
+}
+
 void qr_fill_totals(qr_recipe_run *R)
 {
     moec_quant_report *rep = R->rep;
-    totals t = {0};
-    moec_model_for_each_slot(R->out, count_slot, &t, NULL);
+    const qr_totals t = R->tot;
     rep->quant_params = t.qparams;
     rep->quant_bytes = t.qbytes;
     rep->quant_bpw = t.qparams ? 8.0 * (double)t.qbytes / (double)t.qparams : NAN;
@@ -234,4 +232,3 @@ void qr_fill_totals(qr_recipe_run *R)
         }
     rep->avg_expert_bits = n ? sum / (double)n : NAN;
 }
-

@@ -14,6 +14,7 @@
 #include "core/fsutil.h"
 #include "model/model.h"
 #include "model/model_moec.h"
+#include "model/model_sink.h"
 #include "quant/recipe.h"
 #include "tokenizer/tokenizer.h"
 
@@ -307,9 +308,14 @@ int main(int argc, char **argv)
         cal.stats = stats;
     }
 
+    /* written layer by layer as the model is quantized; the report comes last */
+    moec_model_sink *sink = NULL;
+    moec_moec_save_opts so = MOEC_MOEC_SAVE_OPTS_DEFAULT;
+    if (moec_model_sink_moec_new(&sink, m, out, &so, &err))
+        cli_die_err(&err);
     moec_quant_report rep;
     moec_model *q = NULL;
-    if (moec_quant_model(m, &cal, &r, &q, &rep, cli_quiet ? NULL : progress, NULL, &err))
+    if (moec_quant_model_to(m, &cal, &r, sink, &q, &rep, cli_quiet ? NULL : progress, NULL, &err))
         cli_die_err(&err);
     cli_progress_done();
     cJSON *j = moec_quant_report_json(&rep, &r);
@@ -319,10 +325,9 @@ int main(int argc, char **argv)
     char *report_text = cJSON_PrintUnformatted(j);
     if (!report_text)
         cli_die("out of memory");
-    moec_moec_save_opts so = MOEC_MOEC_SAVE_OPTS_DEFAULT;
-    so.report_json = report_text;
-    if (moec_model_save_moec(q, out, &so, &err))
+    if (moec_model_sink_finish(sink, q, report_text, &err))
         cli_die_err(&err);
+    moec_model_sink_free(sink);
     free(report_text);
     if (stat(out, &sb) != 0)
         cli_die("%s: written but cannot be read back", out);

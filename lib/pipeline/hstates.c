@@ -88,16 +88,9 @@ moec_status moec_hstates_run(moec_hstates *s, moec_exec *ex, int layer, bool com
     return MOEC_OK;
 }
 
-moec_status moec_hstates_head(moec_hstates *s, moec_exec *ex, moec_hstates_logits_fn fn, void *ctx, moec_err *err)
+moec_status moec_hstates_logits(moec_hstates *s, moec_exec *ex, int window, float *logits, moec_err *err)
 {
-    const size_t V = (size_t)moec_exec_vocab(ex);
-    float *logits = malloc((size_t)s->max_len * V * sizeof *logits);
-    if (!logits)
-        return moec_err_set(err, MOEC_ERR_NOMEM, "out of memory for %d x %zu logits", s->max_len, V);
-    moec_status st = MOEC_OK;
-    for (int i = 0; i < s->n_windows && !st; i++)
-        if (!(st = moec_exec_head(ex, s->h + (size_t)s->start[i] * s->d, s->len[i], logits, err)))
-            st = fn(ctx, i, logits, s->len[i], err);
-    free(logits);
-    return st;
+    if (window < 0 || window >= s->n_windows)
+        return moec_err_set(err, MOEC_ERR_ARG, "hidden states: window %d of %d", window, s->n_windows);
+    return moec_exec_head(ex, s->h + (size_t)s->start[window] * s->d, s->len[window], logits, err);
 }

@@ -54,10 +54,8 @@ moec_status moec_hstates_embed(moec_hstates *s, moec_exec *ex, moec_err *err);
 moec_status moec_hstates_run(moec_hstates *s, moec_exec *ex, int layer, bool commit, moec_hstates_window_fn on_window,
                              void *ctx, moec_err *err);
 
-/* The logits of every position of each window (final norm and lm_head of
- * ex's model over h), handed to fn one window at a time in a buffer of
- * max_len x vocab floats it must not keep. */
-typedef moec_status (*moec_hstates_logits_fn)(void *ctx, int window, const float *logits, int n, moec_err *err);
-moec_status moec_hstates_head(moec_hstates *s, moec_exec *ex, moec_hstates_logits_fn fn, void *ctx, moec_err *err);
+/* The logits of every position of window i (final norm and lm_head of ex's
+ * model over its states) into logits [len[i]][vocab]. */
+moec_status moec_hstates_logits(moec_hstates *s, moec_exec *ex, int window, float *logits, moec_err *err);
 
 #endif

@@ -44,13 +44,13 @@ moec_status moec_pipeline_advance(moec_pipeline *p, int layer, moec_moe_hook mh,
     return run_layer(p, layer, true, mh, ah, hctx, on_window, err);
 }
 
-moec_status moec_pipeline_head(moec_pipeline *p, moec_hstates_logits_fn fn, void *ctx, moec_err *err)
+moec_status moec_pipeline_logits(moec_pipeline *p, int window, float *logits, moec_err *err)
 {
     if (!p->states)
         return moec_err_set(err, MOEC_ERR_ARG, "pipeline: logits need calibration windows");
     if (p->states->layer != p->run->cfg.n_layers)
         return moec_err_set(err, MOEC_ERR_INTERNAL, "pipeline: logits asked at layer %d", p->states->layer);
-    return moec_hstates_head(p->states, p->ex, fn, ctx, err);
+    return moec_hstates_logits(p->states, p->ex, window, logits, err);
 }
 
 static moec_status setup_windows(moec_pipeline *p, moec_err *err)

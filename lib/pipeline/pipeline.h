@@ -82,10 +82,10 @@ moec_status moec_pipeline_pass(moec_pipeline *p, int layer, moec_moe_hook mh, mo
 moec_status moec_pipeline_advance(moec_pipeline *p, int layer, moec_moe_hook mh, moec_attn_hook ah, void *hctx,
                                   moec_hstates_window_fn on_window, moec_err *err);
 
-/* The logits of every window's positions through o.run's final norm and
- * head, from the states (at the end, after every layer advanced), one
- * window at a time (hstates.h moec_hstates_head). */
-moec_status moec_pipeline_head(moec_pipeline *p, moec_hstates_logits_fn fn, void *ctx, moec_err *err);
+/* The logits of window i's positions through o.run's final norm and head,
+ * from the states (at the end, after every layer advanced), into logits
+ * [len][vocab] (hstates.h moec_hstates_logits). */
+moec_status moec_pipeline_logits(moec_pipeline *p, int window, float *logits, moec_err *err);
 
 /* Whether finished layers leave `out` (a sink is set). */
 bool moec_pipeline_streaming(const moec_pipeline *p);
