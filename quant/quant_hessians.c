@@ -190,9 +190,7 @@ moec_status qr_collect_attn(const qr_windows *w, const moec_model *work, moec_po
 
 /* ---- MoE ---- */
 
-/* rows of x [rows][d] -> H2 += uuᵀ with u = silu(w1 x̂) ⊙ (w3 x̂). X is
- * overwritten (activation quantization in place). */
-static moec_status add_intermediate(double *H2, const moec_ffn *F, float *X, int64_t rows, int64_t d, int act_bits,
+moec_status qr_add_intermediate(double *H2, const moec_ffn *F, float *X, int64_t rows, int64_t d, int act_bits,
                                     moec_err *err)
 {
     const int64_t f = moec_tensor_rows(&F->w1);
@@ -247,7 +245,7 @@ static void moe_task(void *vm, int e, int t)
     if (H1)
         st = moec_hessian_accumulate(H1, X, rows, d, &err);
     if (!st && H2)
-        st = add_intermediate(H2, shared ? &L->shared : &L->experts[e], X, rows, d, c->act_bits, &err);
+        st = qr_add_intermediate(H2, shared ? &L->shared : &L->experts[e], X, rows, d, c->act_bits, &err);
     free(X);
     if (st)
         share_fail(&mc->se, t, st, &err);
@@ -359,7 +357,7 @@ static void extra_task(void *vx, int e, int t)
     if (c->H1)
         st = moec_hessian_accumulate(c->H1[e], X, n, d, &err);
     if (!st && c->H2)
-        st = add_intermediate(c->H2[e], &c->work->layers[c->layer].experts[e], X, n, d, c->act_bits, &err);
+        st = qr_add_intermediate(c->H2[e], &c->work->layers[c->layer].experts[e], X, n, d, c->act_bits, &err);
     free(X);
     if (st)
         share_fail(&x->se, t, st, &err);

@@ -93,6 +93,12 @@ moec_status qr_collect_moe(const qr_windows *w, const moec_model *work, qr_moe_c
 moec_status qr_moe_add_extras(qr_moe_collect *c, moec_eaq_balance *bal, const float *s, int64_t *extra,
                               moec_err *err);
 
+/* H2 += Σ uuᵀ over the rows of X [rows][d], u = silu(w1 x̂) ⊙ (w3 x̂) with
+ * F's w1/w3 and x̂ = X quantized per token to act_bits (0: as is); X is
+ * overwritten (activation quantization in place). */
+moec_status qr_add_intermediate(double *H2, const moec_ffn *F, float *X, int64_t rows, int64_t d, int act_bits,
+                                moec_err *err);
+
 /* Runs fn(ctx, i, thread) for i in [0, n) spread over the pool's workers
  * (i = thread, thread + workers, ...). */
 void qr_parallel_for(moec_pool *pool, int n, void (*fn)(void *ctx, int i, int thread), void *ctx);
@@ -163,6 +169,7 @@ typedef struct qr_recipe_run {
     qr_totals tot;
     qr_verify *verify;    /* NULL unless verifying */
     size_t work_mark;     /* the working model's arena at the start of the current layer */
+    bool streaming;       /* parts leave memory when done: source pages are released as they are read */
 } qr_recipe_run;
 
 
@@ -220,6 +227,9 @@ moec_status qr_quant_attention(qr_recipe_run *R, int l, moec_err *err);
 moec_status qr_quant_dense(qr_recipe_run *R, int l, moec_err *err);
 /* quant_moe.c: one MoE layer */
 moec_status qr_moe_layer_run(qr_recipe_run *R, int l, moec_err *err);
+/* quant_experts.c: an MoE layer one expert at a time, for RTN and GPTQ
+ * without EAQuant smoothing or MC-MoE (qr_moe_layer_run calls it). */
+moec_status qr_moe_experts_run(qr_recipe_run *R, int l, moec_err *err);
 /* recipe_report.c */
 moec_status qr_report_init(moec_quant_report *rep, const moec_model *m, const moec_quant_recipe *r, moec_err *err);
 /* Adds a part of the output (model.h's parts) to R->tot; the report's

@@ -450,6 +450,9 @@ static moec_status moe_mcmoe(qr_recipe_run *R, moe_layer *M, moec_err *err)
  * the w2 pass) w2. */
 moec_status qr_moe_layer_run(qr_recipe_run *R, int l, moec_err *err)
 {
+    /* without smoothing or MC-MoE no step needs the layer's experts together */
+    if (!R->r->smooth && !(R->r->avg_bits > 0 && R->r->alloc == MOEC_QALLOC_MCMOE))
+        return qr_moe_experts_run(R, l, err);
     const moec_quant_recipe *r = R->r;
     const moec_layer *SL = &R->src->layers[l];
     moec_layer *WL = &R->work->layers[l], *OL = &R->out->layers[l];

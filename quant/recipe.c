@@ -200,7 +200,7 @@ moec_status moec_quant_model_to(const moec_model *src, const moec_quant_calib *c
             return st;
     }
     qr_recipe_run R = {.src = src, .r = r, .rep = rep, .progress = progress_fn, .pctx = progress_ctx,
-                       .stats = cal ? cal->stats : NULL};
+                       .stats = cal ? cal->stats : NULL, .streaming = sink != NULL};
     if ((st = qr_report_init(rep, src, r, err)))
         goto done;
     if ((st = setup_windows(&R, cal, err)))

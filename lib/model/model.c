@@ -311,13 +311,10 @@ static void release_range(const moec_model *m, const void *p, size_t n)
             return;
 }
 
-static moec_status release_slot(void *ctx, const moec_slot *s, moec_err *err)
+void moec_model_release_tensor(const moec_model *m, const moec_tensor *t)
 {
-    (void)err;
-    const moec_model *m = ctx;
-    const moec_tensor *t = s->t;
     if (!moec_tensor_present(t))
-        return MOEC_OK;
+        return;
     if (t->dtype == MOEC_DT_QUANT && t->q) {
         release_range(m, t->q->codes, t->q->codes_bytes);
         release_range(m, t->q->scales, t->q->scales_bytes);
@@ -325,6 +322,12 @@ static moec_status release_slot(void *ctx, const moec_slot *s, moec_err *err)
     } else {
         release_range(m, t->data, t->nbytes);
     }
+}
+
+static moec_status release_slot(void *ctx, const moec_slot *s, moec_err *err)
+{
+    (void)err;
+    moec_model_release_tensor(ctx, s->t);
     return MOEC_OK;
 }
 

@@ -140,6 +140,8 @@ moec_status moec_model_for_each_slot_in(moec_model *m, int part, moec_slot_fn fn
  * checkpoint larger than memory: a layer's source pages go once the layer
  * is done. */
 void moec_model_release_part(const moec_model *m, int part);
+/* The same for one tensor of m (its data, or its codes, scales and zeros). */
+void moec_model_release_tensor(const moec_model *m, const moec_tensor *t);
 
 /* Marks every tensor of a part absent (views dropped, nothing freed). */
 void moec_model_clear_part(moec_model *m, int part);
