@@ -5,10 +5,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli.h"
 #include "model/model.h"
 #include "model/model_moec.h"
+#include "pipeline/export.h"
 
 static const char usage[] =
     "usage: moec-export FILE.moec --hf OUT_DIR [--dtype bf16|f32|f16] [--force] [--json] [--quiet]\n"
@@ -23,19 +25,11 @@ static const char usage[] =
     "  --json        print a JSON summary on stdout\n"
     "  --quiet       no progress or summary on stderr\n"
     "  --help        show this help\n"
-    "Memory: the dequantized tensors are held in memory until written (the size of the export).\n"
+    "Memory: one tensor is dequantized at a time and each layer leaves memory once written.\n"
     "exit status: 0 ok, 1 failure, 2 usage error\n";
 
 /* HF shards above this size, as transformers' save_pretrained does (5 GB). */
 #define SHARD_BYTES ((size_t)5000000000u)
-
-static moec_status count_quant(void *ctx, const moec_slot *s, moec_err *err)
-{
-    (void)err;
-    if (moec_tensor_present(s->t) && s->t->dtype == MOEC_DT_QUANT)
-        ++*(int64_t *)ctx;
-    return MOEC_OK;
-}
 
 /* The model's HF config.json text with torch_dtype set to the export dtype. */
 static char *with_torch_dtype(const moec_model *m, const char *torch_dtype)
@@ -98,22 +92,24 @@ int main(int argc, char **argv)
         cli_usage_error("--dtype: '%s' is not one of bf16, f32, f16", dtype_name);
 
     moec_err err = {0};
-    moec_model *src = cli_open_model(argv[optind]);
-    moec_model *m;
-    if (moec_model_derive(&m, src, &err))
-        cli_die_err(&err);
-    int64_t n_quant = 0;
-    moec_model_for_each_slot(m, count_quant, &n_quant, NULL);
-    cli_progress("dequantizing %lld tensors", (long long)n_quant);
-    if (moec_model_dequantize(m, dtype, &err))
-        cli_die_err(&err);
+    /* a container is read a layer at a time; a directory is mmap'd anyway */
+    struct stat sb;
+    moec_model *m = NULL;
+    if (stat(argv[optind], &sb) == 0 && S_ISREG(sb.st_mode)) {
+        if (moec_model_open_moec_lazy(&m, argv[optind], &err))
+            cli_die_err(&err);
+    } else {
+        m = cli_open_model(argv[optind]);
+    }
     char *config = with_torch_dtype(m, torch_dtype);
     free(m->config_json);
     m->config_json = config;
     cli_progress("writing %s", out_dir);
-    if (moec_model_save_hf(m, out_dir, SHARD_BYTES, force, &err))
+    moec_export_summary sum;
+    if (moec_export_hf(m, out_dir, dtype, SHARD_BYTES, force, &sum, &err))
         cli_die_err(&err);
     cli_progress_done();
+    const int64_t n_quant = sum.quantized_tensors;
     if (json) {
         cJSON *o = cJSON_CreateObject();
         if (!o)
@@ -122,8 +118,8 @@ int main(int argc, char **argv)
         cJSON_AddStringToObject(o, "output", out_dir);
         cJSON_AddStringToObject(o, "dtype", dtype_name);
         cJSON_AddNumberToObject(o, "dequantized_tensors", (double)n_quant);
-        cJSON_AddNumberToObject(o, "params_total", (double)moec_model_params(m));
-        cJSON_AddNumberToObject(o, "weight_bytes", (double)moec_model_bytes(m));
+        cJSON_AddNumberToObject(o, "params_total", (double)sum.params);
+        cJSON_AddNumberToObject(o, "weight_bytes", (double)sum.bytes);
         cli_print_json(o);
         cJSON_Delete(o);
     } else if (!cli_quiet) {
@@ -131,6 +127,5 @@ int main(int argc, char **argv)
                 (long long)n_quant, dtype_name);
     }
     moec_model_close(m);
-    moec_model_close(src);
     return CLI_EXIT_OK;
 }

@@ -158,6 +158,7 @@ void moec_model_close(moec_model *m)
     for (size_t i = 0; i < m->n_owned; i++)
         free(m->owned[i]);
     free(m->owned);
+    free(m->part_mark);
     free(m->source);
     free(m->config_json);
     free(m->tokenizer_json);
@@ -334,6 +335,12 @@ static moec_status release_slot(void *ctx, const moec_slot *s, moec_err *err)
 void moec_model_release_part(const moec_model *m, int part)
 {
     moec_model_for_each_slot_in((moec_model *)m, part, release_slot, (void *)m, NULL);
+    if (m->lazy && m->part_mark) { /* its bindings are a cache of the file: logically const */
+        moec_model *mm = (moec_model *)m;
+        moec_model_clear_part(mm, part);
+        const int i = part == MOEC_PART_EMBED ? 0 : part == MOEC_PART_HEAD ? m->cfg.n_layers + 1 : part + 1;
+        moec_model_arena_release(mm, m->part_mark[i]);
+    }
 }
 
 static moec_status clear_slot(void *ctx, const moec_slot *s, moec_err *err)

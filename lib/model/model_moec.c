@@ -96,7 +96,8 @@ static moec_status shape_matches(const moec_slot *s, const moec_tensor *t, moec_
 typedef struct {
     moec_model *m;
     const moec_container *ct;
-    unsigned char *used; /* per container tensor: consumed by a slot */
+    unsigned char *used; /* per container tensor: consumed by a slot (NULL: not tracked) */
+    bool declare;        /* lazy open: check and describe the tensor, read none of its bytes */
 } bind_ctx;
 
 static moec_dtype storage_dtype(moec_storage s)
@@ -143,7 +144,8 @@ static moec_status bind_slot(void *vctx, const moec_slot *s, moec_err *err)
         return moec_err_set(err, MOEC_ERR_FORMAT, "tensor %s is missing from the container", s->name);
     }
     const size_t i = (size_t)idx;
-    ctx->used[i] = 1;
+    if (ctx->used)
+        ctx->used[i] = 1;
     const moec_ctensor_type *ty = &moec_container_tensor(ctx->ct, i)->type;
     moec_tensor t;
     memset(&t, 0, sizeof t);
@@ -155,6 +157,16 @@ static moec_status bind_slot(void *vctx, const moec_slot *s, moec_err *err)
         return st;
     const void *data;
     size_t size;
+    if (ctx->declare) { /* shape and type only; the bytes come with moec_model_load_part */
+        if (ty->storage == MOEC_STORAGE_GROUPWISE && s->ndim != 2)
+            return moec_err_set(err, MOEC_ERR_UNSUPPORTED,
+                                "tensor %s is stored group-wise quantized; moec quantizes only 2-D weights", s->name);
+        t.dtype = ty->storage == MOEC_STORAGE_GROUPWISE ? MOEC_DT_QUANT : storage_dtype(ty->storage);
+        if (t.dtype != MOEC_DT_QUANT)
+            t.nbytes = (size_t)moec_tensor_numel(&t) * moec_dtype_size(t.dtype);
+        *s->t = t;
+        return MOEC_OK;
+    }
     if (ty->storage != MOEC_STORAGE_GROUPWISE) {
         if ((st = section_bytes(ctx, i, MOEC_SECTION_DATA, &data, &size, s->name, err)))
             return st;
@@ -254,14 +266,14 @@ static bool looks_like_container(const char *path)
     return n == sizeof head && memcmp(head, magic, sizeof head) == 0;
 }
 
-moec_status moec_model_open_moec(moec_model **out, const char *path, moec_err *err)
+static moec_status open_moec(moec_model **out, const char *path, bool lazy, moec_err *err)
 {
     *out = NULL;
     if (!looks_like_container(path))
         return moec_err_set(err, MOEC_ERR_ARG,
                             "%s: not a model (neither a checkpoint directory nor a .moec container)", path);
     moec_container *ct;
-    moec_status st = moec_container_open(path, 0, &ct, err);
+    moec_status st = moec_container_open(path, lazy ? MOEC_CONTAINER_LAZY_VERIFY : 0, &ct, err);
     if (st)
         return st;
     char *config_text = NULL;
@@ -304,7 +316,13 @@ moec_status moec_model_open_moec(moec_model **out, const char *path, moec_err *e
             goto fail;
         }
     size_t n = moec_container_tensor_count(ct);
-    bind_ctx ctx = {m, ct, calloc(n ? n : 1, 1)};
+    bind_ctx ctx = {m, ct, calloc(n ? n : 1, 1), lazy};
+    if (lazy && !(m->part_mark = calloc((size_t)m->cfg.n_layers + 2, sizeof *m->part_mark))) {
+        free(ctx.used);
+        st = moec_err_set(err, MOEC_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    m->lazy = lazy;
     if (!ctx.used) {
         st = moec_err_set(err, MOEC_ERR_NOMEM, "out of memory");
         goto fail;
@@ -328,4 +346,31 @@ moec_status moec_model_open_moec(moec_model **out, const char *path, moec_err *e
 fail:
     moec_model_close(m);
     return st;
+}
+
+moec_status moec_model_open_moec(moec_model **out, const char *path, moec_err *err)
+{
+    return open_moec(out, path, false, err);
+}
+
+moec_status moec_model_open_moec_lazy(moec_model **out, const char *path, moec_err *err)
+{
+    return open_moec(out, path, true, err);
+}
+
+moec_status moec_model_load_part(moec_model *m, int part, moec_err *err)
+{
+    if (!m->lazy)
+        return MOEC_OK;
+    const int i = part == MOEC_PART_EMBED ? 0 : part == MOEC_PART_HEAD ? m->cfg.n_layers + 1 : part + 1;
+    if (i < 0 || i > m->cfg.n_layers + 1)
+        return moec_err_set(err, MOEC_ERR_ARG, "model part %d of a %d-layer model", part, m->cfg.n_layers);
+    m->part_mark[i] = moec_model_arena_mark(m);
+    bind_ctx ctx = {m, m->ct, NULL, false};
+    moec_status st = moec_model_for_each_slot_in(m, part, bind_slot, &ctx, err);
+    if (!st && part == MOEC_PART_EMBED && m->cfg.tie_embeddings)
+        m->lm_head = m->embed;
+    if (st)
+        return moec_err_prefix(err, "%s", m->source ? m->source : "model");
+    return MOEC_OK;
 }

@@ -66,8 +66,6 @@ static moec_status hf_type(const moec_model_sink *s, const moec_slot *slot, moec
     if (!moec_dtype_is_compute(s->quant_as))
         return moec_err_set(err, MOEC_ERR_UNSUPPORTED,
                             "tensor %s is quantized; export it with moec-export to write an HF checkpoint", slot->name);
-    if (!t->q)
-        return moec_err_set(err, MOEC_ERR_INTERNAL, "tensor %s is quantized but has no format", slot->name);
     out->dtype = s->quant_as;
     out->q = NULL;
     out->data = NULL;
@@ -112,6 +110,8 @@ static moec_status hf_put_slot(void *vctx, const moec_slot *slot, moec_err *err)
         return moec_st_writer_put(s->st, slot->name, &t, err);
     /* dequantized one tensor at a time, rounded to the export dtype */
     const moec_qformat *f = slot->t->q;
+    if (!f)
+        return moec_err_set(err, MOEC_ERR_INTERNAL, "tensor %s is quantized but has no format", slot->name);
     const size_t es = moec_dtype_size(s->quant_as);
     char *buf = malloc(t.nbytes ? t.nbytes : 1);
     float *row = malloc((size_t)f->cols * sizeof *row);

@@ -75,17 +75,15 @@ static moec_status setup_windows(moec_pipeline *p, moec_err *err)
 static moec_status part_done(moec_pipeline *p, int part, size_t mark, bool keep, moec_err *err)
 {
     const moec_pipeline_opts *o = p->o;
-    if (p->out && o->sink) {
-        moec_status st = moec_model_sink_put(o->sink, p->out, part, err);
-        if (st)
-            return st;
-        if (!keep) {
-            moec_model_clear_part(p->out, part);
-            moec_model_arena_release(p->out, mark);
-        }
-    }
+    moec_status st;
+    if (p->out && o->sink && (st = moec_model_sink_put(o->sink, p->out, part, err)))
+        return st;
     if (o->release_source)
         moec_model_release_part(p->src, part);
+    if (p->out && o->sink && !keep) {
+        moec_model_clear_part(p->out, part);
+        moec_model_arena_release(p->out, mark);
+    }
     return MOEC_OK;
 }
 
