@@ -23,6 +23,7 @@
 #ifndef MOEC_FORMATS_CONTAINER_H
 #define MOEC_FORMATS_CONTAINER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -155,6 +156,11 @@ void moec_container_close(moec_container *c);
 /* Start of the file's bytes (the mapping) and its size. Raw section pointers
  * are this plus their offset. */
 const void *moec_container_bytes(const moec_container *c, size_t *size);
+
+/* As moec_st_release (safetensors.h): releases the whole pages of
+ * [p, p + n) when the range lies in c's file mapping, returning whether it
+ * does. Bytes of open_mem containers are never released. */
+bool moec_container_release(const moec_container *c, const void *p, size_t n);
 
 size_t moec_container_tensor_count(const moec_container *c);
 /* Tensors in directory order; NULL when i is out of range. */

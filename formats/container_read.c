@@ -8,6 +8,8 @@
 #include "formats/container.h"
 #include "formats/container_layout.h"
 
+#include "core/fsutil.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -580,6 +582,16 @@ const void *moec_container_bytes(const moec_container *c, size_t *size)
     if (size)
         *size = c->size;
     return c->base;
+}
+
+bool moec_container_release(const moec_container *c, const void *p, size_t n)
+{
+    const unsigned char *a = p;
+    if (!c || !a || a < c->base || n > c->size || (size_t)(a - c->base) > c->size - n)
+        return false;
+    if (c->mapped)
+        moec_release_pages(p, n);
+    return true;
 }
 
 size_t moec_container_tensor_count(const moec_container *c) { return c->n_tensors; }

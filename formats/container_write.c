@@ -20,6 +20,8 @@
 #include <xxhash.h>
 #include <zstd.h>
 
+#include "core/fsutil.h"
+
 typedef struct cw_blob {
     char *name;
     const void *data;
@@ -47,6 +49,10 @@ struct moec_container_writer {
 };
 
 static const unsigned char zeros64[CT_ALIGN];
+
+/* Tensors at least this large are flushed and dropped from the page cache
+ * once written. */
+#define DROP_MIN ((uint64_t)1 << 20)
 
 static uint64_t align64(uint64_t n) { return (n + CT_ALIGN - 1) & ~(uint64_t)(CT_ALIGN - 1); }
 
@@ -321,11 +327,16 @@ static moec_status emit_tensor(moec_container_writer *w, const moec_ctensor_desc
         }
     }
     int wrote = 0;
+    const uint64_t start = w->pos;
     for (int k = 0; k < n && !s; k++) {
         wrote = 1;
         if (!(s = pad_to(w, enc[k].offset, err)))
             s = put(w, enc[k].bytes, (size_t)enc[k].stored, err);
     }
+    /* a streamed tensor's bytes go to disk now and leave the page cache, so
+     * written layers do not stay in memory */
+    if (!s && w->pos - start >= DROP_MIN)
+        moec_drop_written(w->fd, (long long)start, (long long)(w->pos - start));
     for (int k = 0; k < n; k++)
         free(enc[k].buf);
     if (s && wrote) {

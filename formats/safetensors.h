@@ -11,6 +11,7 @@
 #ifndef MOEC_FORMATS_SAFETENSORS_H
 #define MOEC_FORMATS_SAFETENSORS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -112,6 +113,13 @@ const char *moec_st_metadata(const moec_safetensors *st, const char *key);
 /* Total size in bytes of all shard files (the index file not counted). */
 uint64_t moec_st_file_bytes(const moec_safetensors *st);
 
+/* When [p, p + n) lies in one of st's file mappings, releases its whole
+ * pages from the process (core/fsutil.h moec_release_pages; the data stays
+ * readable, it is read from the file again when touched) and returns true;
+ * otherwise does nothing and returns false. Memory given to
+ * moec_st_open_memory is never released. */
+bool moec_st_release(const moec_safetensors *st, const void *p, size_t n);
+
 /* ---- writer ------------------------------------------------------------ */
 
 typedef struct moec_st_writer moec_st_writer;
@@ -124,7 +132,8 @@ void moec_st_writer_free(moec_st_writer *w);
 
 /* Records a tensor under name. The name and the view are copied; the data is
  * referenced, not copied, and must stay valid until moec_st_writer_write
- * returns. t->dtype must be a safetensors dtype (not MOEC_DT_QUANT); shape
+ * returns. When the bytes will come later through moec_st_writer_put,
+ * t->data may be NULL (shape, dtype and nbytes still describe them). t->dtype must be a safetensors dtype (not MOEC_DT_QUANT); shape
  * entries non-negative; t->nbytes == element count * dtype size; a 0-d
  * scalar is ndim == 0 with nbytes == dtype size (as the reader returns it).
  * name must be non-empty valid UTF-8 and not "__metadata__".
@@ -160,8 +169,26 @@ moec_status moec_st_writer_set_metadata(moec_st_writer *w, const char *key, cons
  * file) is removed so that dir holds exactly one checkpoint; older shard
  * files no longer named by the index are left alone.
  * Errors: MOEC_ERR_IO (dir missing or not writable, write/fsync/rename
- * failure), MOEC_ERR_NOMEM. The writer can be written again afterwards. */
+ * failure), MOEC_ERR_ARG (a tensor without data), MOEC_ERR_NOMEM. The
+ * writer can be written again afterwards. */
 moec_status moec_st_writer_write(moec_st_writer *w, const char *dir, size_t shard_bytes,
                                  moec_err *err);
+
+/* The same files written as the data arrives, for callers that produce one
+ * tensor (or one layer) at a time: begin lays out every added tensor
+ * exactly as moec_st_writer_write does and creates the temporary files with
+ * their headers; put writes one tensor's bytes (any order, each once; t
+ * must have the dtype, shape and size it was added with; the bytes may be
+ * freed when it returns, and they are flushed to disk and
+ * dropped from the page cache as they go); finish checks that every tensor
+ * was put, then syncs, renames and cleans up as write does. No tensor can
+ * be added after begin. moec_st_writer_free before finish removes the
+ * temporary files. The resulting files are byte for byte those of
+ * moec_st_writer_write. */
+moec_status moec_st_writer_begin(moec_st_writer *w, const char *dir, size_t shard_bytes,
+                                 moec_err *err);
+moec_status moec_st_writer_put(moec_st_writer *w, const char *name, const moec_tensor *t,
+                               moec_err *err);
+moec_status moec_st_writer_finish(moec_st_writer *w, moec_err *err);
 
 #endif

@@ -6,6 +6,8 @@
  */
 #include "formats/safetensors.h"
 
+#include "core/fsutil.h"
+
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -921,4 +923,18 @@ const char *moec_st_metadata(const moec_safetensors *st, const char *key)
 uint64_t moec_st_file_bytes(const moec_safetensors *st)
 {
     return st->file_bytes;
+}
+
+bool moec_st_release(const moec_safetensors *st, const void *p, size_t n)
+{
+    const uint8_t *a = p;
+    for (size_t i = 0; st && a && i < st->nshards; i++) {
+        const st_shard *sh = &st->shards[i];
+        if (a >= sh->base && n <= sh->size && a - sh->base <= (ptrdiff_t)(sh->size - n)) {
+            if (sh->mapped) /* never advise memory that a caller lent us */
+                moec_release_pages(p, n);
+            return true;
+        }
+    }
+    return false;
 }

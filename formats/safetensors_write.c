@@ -1,13 +1,17 @@
 /* safetensors_write.c - streaming, atomic safetensors writer.
  *
  * Only the headers are built in memory; tensor data goes from the caller's
- * buffers to the file with write(). Files appear under their final names
- * only once every one of them is complete and fsync'd.
+ * buffers to the file with pwrite() at offsets laid out in advance, so
+ * tensors may arrive in any order (moec_st_writer_begin / _put / _finish)
+ * and a layer-streaming caller never holds more than the tensor it hands
+ * over. Files appear under their final names only once every one of them
+ * is complete and fsync'd.
  */
 #include "formats/safetensors.h"
 #include "core/fsutil.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -19,17 +23,43 @@
 #include <utf8proc.h>
 #include <xxhash.h>
 
+#include "core/fsutil.h"
+
 #define ST_ALIGN 64
+/* Streamed tensors at least this large are flushed and dropped from the
+ * page cache as soon as they are written. */
+#define DROP_MIN ((size_t)1 << 20)
 
 typedef struct wr_tensor {
     char *name;
-    moec_tensor t;
-    uint64_t offset; /* within its shard's data section, set while writing */
+    moec_tensor t;   /* data NULL until put when streaming */
+    uint64_t offset; /* within its shard's data section, set by the layout */
+    size_t shard;    /* set by the layout */
+    int written;     /* streaming: bytes are in the file */
 } wr_tensor;
 
 typedef struct wr_kv {
     char *key, *value;
 } wr_kv;
+
+typedef struct out_file {
+    char *final_path;
+    char *tmp_path; /* NULL once renamed or removed */
+    int renamed;
+    int fd;         /* open while streaming, else -1 */
+    uint64_t data_start; /* file offset of the data section */
+} out_file;
+
+/* An open output: the layout of every tensor and the temporary files. */
+typedef struct wr_stream {
+    char *dir;
+    wr_tensor **v;     /* name order */
+    size_t nshards;
+    out_file *files;   /* [nshards + 1]: shards, then the index */
+    size_t nfiles;
+    uint64_t total;
+    size_t n_written;
+} wr_stream;
 
 struct moec_st_writer {
     wr_tensor *t;
@@ -38,6 +68,7 @@ struct moec_st_writer {
     size_t nslots;
     wr_kv *meta;
     size_t nmeta;
+    wr_stream *s;  /* between begin and finish */
 };
 
 /* ---- small growable string ---------------------------------------------- */
@@ -161,10 +192,13 @@ moec_st_writer *moec_st_writer_new(void)
     return w;
 }
 
+static void stream_abort(moec_st_writer *w);
+
 void moec_st_writer_free(moec_st_writer *w)
 {
     if (!w)
         return;
+    stream_abort(w);
     for (size_t i = 0; i < w->n; i++)
         free(w->t[i].name);
     for (size_t i = 0; i < w->nmeta; i++) {
@@ -209,9 +243,9 @@ moec_status moec_st_writer_add(moec_st_writer *w, const char *name, const moec_t
                             "safetensors writer: tensor '%s' has %zu bytes, its shape and dtype "
                             "%s need %" PRIu64, name, t->nbytes, moec_dtype_name(t->dtype),
                             numel * es);
-    if (t->nbytes && !t->data)
-        return moec_err_set(err, MOEC_ERR_ARG, "safetensors writer: tensor '%s' has no data",
-                            name);
+    if (w->s)
+        return moec_err_set(err, MOEC_ERR_ARG,
+                            "safetensors writer: tensor '%s' added after writing began", name);
     if (w->slots[name_slot(w, name)] != SIZE_MAX)
         return moec_err_set(err, MOEC_ERR_ARG, "safetensors writer: duplicate tensor name '%s'",
                             name);
@@ -233,6 +267,8 @@ moec_status moec_st_writer_add(moec_st_writer *w, const char *name, const moec_t
     e->t = *t;
     e->t.q = NULL;
     e->offset = 0;
+    e->shard = 0;
+    e->written = 0;
     w->slots[name_slot(w, name)] = w->n++;
     return MOEC_OK;
 }
@@ -326,23 +362,19 @@ static int build_header(const moec_st_writer *w, wr_tensor **v, size_t n, sbuf *
 
 /* ---- files -------------------------------------------------------------- */
 
-typedef struct out_file {
-    char *final_path;
-    char *tmp_path; /* NULL once renamed or removed */
-    int renamed;
-} out_file;
-
-static moec_status write_all(int fd, const void *p, size_t n, const char *path, moec_err *err)
+static moec_status pwrite_all(int fd, const void *p, size_t n, uint64_t off, const char *path,
+                              moec_err *err)
 {
     const char *c = p;
     while (n > 0) {
-        ssize_t k = write(fd, c, n);
+        ssize_t k = pwrite(fd, c, n, (off_t)off);
         if (k < 0 && errno == EINTR)
             continue;
         if (k <= 0)
             return moec_err_set(err, MOEC_ERR_IO, "%s: write failed: %s", path,
                                 k < 0 ? strerror(errno) : "no progress");
         c += k;
+        off += (uint64_t)k;
         n -= (size_t)k;
     }
     return MOEC_OK;
@@ -350,11 +382,11 @@ static moec_status write_all(int fd, const void *p, size_t n, const char *path, 
 
 /* Creates dir/.NAME.tmp.PID.K exclusively (mode 0666 & ~umask, as any
  * created file). */
-static moec_status create_tmp(const char *dir, const char *name, out_file *f, int *fd,
-                              moec_err *err)
+static moec_status create_tmp(const char *dir, const char *name, out_file *f, moec_err *err)
 {
     static unsigned counter;
     size_t cap = strlen(dir) + strlen(name) + 64;
+    f->fd = -1;
     f->final_path = malloc(cap);
     f->tmp_path = malloc(cap);
     if (!f->final_path || !f->tmp_path) {
@@ -367,8 +399,8 @@ static moec_status create_tmp(const char *dir, const char *name, out_file *f, in
     for (int attempt = 0;; attempt++) {
         snprintf(f->tmp_path, cap, "%s/.%s.tmp.%ld.%u", dir, name, (long)getpid(),
                  __atomic_fetch_add(&counter, 1, __ATOMIC_RELAXED));
-        *fd = open(f->tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-        if (*fd >= 0) {
+        f->fd = open(f->tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+        if (f->fd >= 0) {
             moec_tmp_track(f->tmp_path);
             return MOEC_OK;
         }
@@ -382,17 +414,21 @@ static moec_status create_tmp(const char *dir, const char *name, out_file *f, in
     }
 }
 
-static moec_status finish_tmp(int fd, const char *path, moec_status s, moec_err *err)
+static moec_status finish_tmp(out_file *f, moec_err *err)
 {
-    if (!s && fsync(fd) != 0)
-        s = moec_err_set(err, MOEC_ERR_IO, "%s: fsync failed: %s", path, strerror(errno));
-    if (close(fd) != 0 && !s)
-        s = moec_err_set(err, MOEC_ERR_IO, "%s: close failed: %s", path, strerror(errno));
+    moec_status s = MOEC_OK;
+    if (fsync(f->fd) != 0)
+        s = moec_err_set(err, MOEC_ERR_IO, "%s: fsync failed: %s", f->tmp_path, strerror(errno));
+    if (close(f->fd) != 0 && !s)
+        s = moec_err_set(err, MOEC_ERR_IO, "%s: close failed: %s", f->tmp_path, strerror(errno));
+    f->fd = -1;
     return s;
 }
 
-static moec_status write_shard(const moec_st_writer *w, wr_tensor **v, size_t n, sbuf *hdr,
-                               out_file *f, const char *dir, const char *name, moec_err *err)
+/* Lays out shard k (tensors v[0..n) in name order), creates its temporary
+ * file and writes its header; the data follows with pwrite. */
+static moec_status open_shard(const moec_st_writer *w, wr_tensor **v, size_t n, sbuf *hdr,
+                              out_file *f, const char *dir, const char *name, moec_err *err)
 {
     wr_tensor **order = malloc((n ? n : 1) * sizeof *order);
     if (!order)
@@ -404,31 +440,29 @@ static moec_status write_shard(const moec_st_writer *w, wr_tensor **v, size_t n,
         order[i]->offset = off;
         off += order[i]->t.nbytes;
     }
-    if (!build_header(w, v, n, hdr)) {
-        free(order);
+    free(order);
+    if (!build_header(w, v, n, hdr))
         return moec_err_set(err, MOEC_ERR_NOMEM, "%s/%s: out of memory for the header", dir,
                             name);
-    }
-    int fd;
-    moec_status s = create_tmp(dir, name, f, &fd, err);
-    if (s) {
-        free(order);
+    moec_status s = create_tmp(dir, name, f, err);
+    if (s)
         return s;
-    }
     uint8_t len8[8];
     for (int i = 0; i < 8; i++)
         len8[i] = (uint8_t)((uint64_t)hdr->len >> (8 * i));
-    s = write_all(fd, len8, 8, f->tmp_path, err);
+    f->data_start = 8 + (uint64_t)hdr->len;
+    s = pwrite_all(f->fd, len8, 8, 0, f->tmp_path, err);
     if (!s)
-        s = write_all(fd, hdr->p, hdr->len, f->tmp_path, err);
-    for (size_t i = 0; i < n && !s; i++)
-        s = write_all(fd, order[i]->t.data, order[i]->t.nbytes, f->tmp_path, err);
-    free(order);
-    return finish_tmp(fd, f->tmp_path, s, err);
+        s = pwrite_all(f->fd, hdr->p, hdr->len, 8, f->tmp_path, err);
+    /* the file has its final size from the start: tensors fill it in any order */
+    if (!s && ftruncate(f->fd, (off_t)(f->data_start + off)) != 0)
+        s = moec_err_set(err, MOEC_ERR_IO, "%s: cannot size to %llu bytes: %s", f->tmp_path,
+                         (unsigned long long)(f->data_start + off), strerror(errno));
+    return s;
 }
 
-static moec_status write_index(wr_tensor **v, size_t n, const size_t *shard_of, size_t nshards,
-                               uint64_t total, out_file *f, const char *dir, moec_err *err)
+static moec_status write_index(wr_tensor **v, size_t n, size_t nshards, uint64_t total,
+                               out_file *f, const char *dir, moec_err *err)
 {
     const char *name = "model.safetensors.index.json";
     sbuf b = {0};
@@ -437,7 +471,7 @@ static moec_status write_index(wr_tensor **v, size_t n, const size_t *shard_of, 
     for (size_t i = 0; i < n; i++) {
         sb_puts(&b, "    ");
         sb_json_str(&b, v[i]->name);
-        sb_printf(&b, ": \"model-%05zu-of-%05zu.safetensors\"%s\n", shard_of[i] + 1, nshards,
+        sb_printf(&b, ": \"model-%05zu-of-%05zu.safetensors\"%s\n", v[i]->shard + 1, nshards,
                   i + 1 < n ? "," : "");
     }
     sb_puts(&b, "  }\n}\n");
@@ -445,10 +479,13 @@ static moec_status write_index(wr_tensor **v, size_t n, const size_t *shard_of, 
         free(b.p);
         return moec_err_set(err, MOEC_ERR_NOMEM, "%s/%s: out of memory", dir, name);
     }
-    int fd;
-    moec_status s = create_tmp(dir, name, f, &fd, err);
-    if (!s)
-        s = finish_tmp(fd, f->tmp_path, write_all(fd, b.p, b.len, f->tmp_path, err), err);
+    moec_status s = create_tmp(dir, name, f, err);
+    if (!s) {
+        s = pwrite_all(f->fd, b.p, b.len, 0, f->tmp_path, err);
+        moec_status s2 = finish_tmp(f, err);
+        if (!s)
+            s = s2;
+    }
     free(b.p);
     return s;
 }
@@ -475,88 +512,188 @@ static void remove_stale(const char *dir, const char *name)
     free(p);
 }
 
-moec_status moec_st_writer_write(moec_st_writer *w, const char *dir, size_t shard_bytes,
+/* Closes and removes what an unfinished (or failed) stream left. */
+static void stream_abort(moec_st_writer *w)
+{
+    wr_stream *s = w->s;
+    if (!s)
+        return;
+    for (size_t k = 0; k < s->nfiles; k++) {
+        out_file *f = &s->files[k];
+        if (f->fd >= 0)
+            close(f->fd);
+        if (f->renamed)
+            unlink(f->final_path);
+        else if (f->tmp_path) {
+            unlink(f->tmp_path);
+            moec_tmp_untrack(f->tmp_path);
+        }
+        free(f->final_path);
+        free(f->tmp_path);
+    }
+    free(s->files);
+    free(s->v);
+    free(s->dir);
+    free(s);
+    w->s = NULL;
+}
+
+moec_status moec_st_writer_begin(moec_st_writer *w, const char *dir, size_t shard_bytes,
                                  moec_err *err)
 {
+    if (w->s)
+        return moec_err_set(err, MOEC_ERR_ARG, "%s: safetensors writer: already writing", dir);
     struct stat sb;
     if (stat(dir, &sb) != 0)
         return moec_err_set(err, MOEC_ERR_IO, "%s: %s", dir, strerror(errno));
     if (!S_ISDIR(sb.st_mode))
         return moec_err_set(err, MOEC_ERR_IO, "%s: not a directory", dir);
 
-    size_t n = w->n;
-    wr_tensor **v = malloc((n ? n : 1) * sizeof *v);
-    size_t *shard_of = malloc((n ? n : 1) * sizeof *shard_of);
-    out_file *files = NULL;
-    size_t nshards = 1, nfiles = 0;
-    uint64_t total = 0;
-    sbuf hdr = {0};
-    moec_status s = MOEC_OK;
-    if (!v || !shard_of) {
-        s = moec_err_set(err, MOEC_ERR_NOMEM, "%s: out of memory", dir);
-        goto done;
+    const size_t n = w->n;
+    wr_stream *s = calloc(1, sizeof *s);
+    if (!s)
+        return moec_err_set(err, MOEC_ERR_NOMEM, "%s: out of memory", dir);
+    w->s = s;
+    s->dir = strdup(dir);
+    s->v = malloc((n ? n : 1) * sizeof *s->v);
+    if (!s->dir || !s->v) {
+        stream_abort(w);
+        return moec_err_set(err, MOEC_ERR_NOMEM, "%s: out of memory", dir);
     }
     for (size_t i = 0; i < n; i++)
-        v[i] = &w->t[i];
-    qsort(v, n, sizeof *v, cmp_name);
+        s->v[i] = &w->t[i];
+    qsort(s->v, n, sizeof *s->v, cmp_name);
 
+    s->nshards = 1;
     uint64_t in_shard = 0;
     for (size_t i = 0; i < n; i++) {
-        uint64_t b = v[i]->t.nbytes;
+        uint64_t b = s->v[i]->t.nbytes;
         if (shard_bytes && in_shard > 0 && in_shard + b > shard_bytes) {
-            nshards++;
+            s->nshards++;
             in_shard = 0;
         }
-        shard_of[i] = nshards - 1;
+        s->v[i]->shard = s->nshards - 1;
+        s->v[i]->written = 0;
         in_shard += b;
-        total += b;
+        s->total += b;
     }
 
-    files = calloc(nshards + 1, sizeof *files);
-    if (!files) {
-        s = moec_err_set(err, MOEC_ERR_NOMEM, "%s: out of memory", dir);
-        goto done;
+    s->files = calloc(s->nshards + 1, sizeof *s->files);
+    if (!s->files) {
+        stream_abort(w);
+        return moec_err_set(err, MOEC_ERR_NOMEM, "%s: out of memory", dir);
     }
-    for (size_t k = 0, i = 0; k < nshards && !s; k++) {
+    sbuf hdr = {0};
+    moec_status st = MOEC_OK;
+    for (size_t k = 0, i = 0; k < s->nshards && !st; k++) {
         size_t j = i;
-        while (j < n && shard_of[j] == k)
+        while (j < n && s->v[j]->shard == k)
             j++;
         char name[64];
-        if (nshards == 1)
+        if (s->nshards == 1)
             snprintf(name, sizeof name, "model.safetensors");
         else
-            snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", k + 1, nshards);
-        s = write_shard(w, v + i, j - i, &hdr, &files[nfiles++], dir, name, err);
+            snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", k + 1, s->nshards);
+        s->files[s->nfiles].fd = -1;
+        st = open_shard(w, s->v + i, j - i, &hdr, &s->files[s->nfiles++], dir, name, err);
         i = j;
     }
-    if (!s && nshards > 1)
-        s = write_index(v, n, shard_of, nshards, total, &files[nfiles++], dir, err);
-
-    for (size_t k = 0; k < nfiles && !s; k++) {
-        if (moec_tmp_rename(files[k].tmp_path, files[k].final_path) != 0)
-            s = moec_err_set(err, MOEC_ERR_IO, "%s: cannot rename into place: %s",
-                             files[k].final_path, strerror(errno));
-        else
-            files[k].renamed = 1;
-    }
-    if (!s) {
-        remove_stale(dir, nshards > 1 ? "model.safetensors" : "model.safetensors.index.json");
-        fsync_dir(dir);
-    }
-done:
-    for (size_t k = 0; k < nfiles; k++) {
-        if (s && files[k].renamed)
-            unlink(files[k].final_path);
-        else if (s && files[k].tmp_path) {
-            unlink(files[k].tmp_path);
-            moec_tmp_untrack(files[k].tmp_path);
-        }
-        free(files[k].final_path);
-        free(files[k].tmp_path);
-    }
-    free(files);
     free(hdr.p);
-    free(shard_of);
-    free(v);
-    return s;
+    if (st)
+        stream_abort(w);
+    return st;
+}
+
+moec_status moec_st_writer_put(moec_st_writer *w, const char *name, const moec_tensor *t,
+                               moec_err *err)
+{
+    wr_stream *s = w->s;
+    if (!s)
+        return moec_err_set(err, MOEC_ERR_ARG, "safetensors writer: '%s' put before begin", name);
+    size_t slot = name_slot(w, name);
+    if (w->slots[slot] == SIZE_MAX)
+        return moec_err_set(err, MOEC_ERR_ARG, "safetensors writer: '%s' was not added", name);
+    wr_tensor *e = &w->t[w->slots[slot]];
+    if (e->written)
+        return moec_err_set(err, MOEC_ERR_ARG, "safetensors writer: '%s' written twice", name);
+    bool same = t->dtype == e->t.dtype && t->ndim == e->t.ndim && t->nbytes == e->t.nbytes &&
+                (t->data || !t->nbytes);
+    for (int d = 0; same && d < t->ndim; d++)
+        same = t->shape[d] == e->t.shape[d];
+    if (!same)
+        return moec_err_set(err, MOEC_ERR_ARG,
+                            "safetensors writer: '%s' given as %s, %zu bytes%s, where it was added "
+                            "as %s, %zu bytes", name, moec_dtype_name(t->dtype), t->nbytes,
+                            t->data ? "" : " (no data)", moec_dtype_name(e->t.dtype), e->t.nbytes);
+    const void *data = t->data;
+    const size_t nbytes = t->nbytes;
+    out_file *f = &s->files[e->shard];
+    const uint64_t off = f->data_start + e->offset;
+    moec_status st = pwrite_all(f->fd, data, nbytes, off, f->tmp_path, err);
+    if (st)
+        return st;
+    if (nbytes >= DROP_MIN) /* small tensors are not worth a flush each */
+        moec_drop_written(f->fd, (long long)off, (long long)nbytes);
+    e->written = 1;
+    s->n_written++;
+    return MOEC_OK;
+}
+
+moec_status moec_st_writer_finish(moec_st_writer *w, moec_err *err)
+{
+    wr_stream *s = w->s;
+    if (!s)
+        return moec_err_set(err, MOEC_ERR_ARG, "safetensors writer: finish before begin");
+    moec_status st = MOEC_OK;
+    if (s->n_written != w->n) {
+        for (size_t i = 0; i < w->n; i++)
+            if (!w->t[i].written) {
+                st = moec_err_set(err, MOEC_ERR_ARG,
+                                  "%s: safetensors writer: tensor '%s' was never written", s->dir,
+                                  w->t[i].name);
+                break;
+            }
+    }
+    for (size_t k = 0; k < s->nshards && !st; k++)
+        st = finish_tmp(&s->files[k], err);
+    if (!st && s->nshards > 1)
+        st = write_index(s->v, w->n, s->nshards, s->total, &s->files[s->nfiles++], s->dir, err);
+    for (size_t k = 0; k < s->nfiles && !st; k++) {
+        if (moec_tmp_rename(s->files[k].tmp_path, s->files[k].final_path) != 0)
+            st = moec_err_set(err, MOEC_ERR_IO, "%s: cannot rename into place: %s",
+                              s->files[k].final_path, strerror(errno));
+        else
+            s->files[k].renamed = 1;
+    }
+    if (st) {
+        stream_abort(w);
+        return st;
+    }
+    remove_stale(s->dir, s->nshards > 1 ? "model.safetensors" : "model.safetensors.index.json");
+    fsync_dir(s->dir);
+    for (size_t k = 0; k < s->nfiles; k++) {
+        free(s->files[k].final_path);
+        free(s->files[k].tmp_path);
+        s->files[k].final_path = s->files[k].tmp_path = NULL;
+        s->files[k].renamed = 0;
+    }
+    s->nfiles = 0;
+    stream_abort(w);
+    return MOEC_OK;
+}
+
+moec_status moec_st_writer_write(moec_st_writer *w, const char *dir, size_t shard_bytes,
+                                 moec_err *err)
+{
+    for (size_t i = 0; i < w->n; i++)
+        if (w->t[i].t.nbytes && !w->t[i].t.data)
+            return moec_err_set(err, MOEC_ERR_ARG, "safetensors writer: tensor '%s' has no data",
+                                w->t[i].name);
+    moec_status st = moec_st_writer_begin(w, dir, shard_bytes, err);
+    for (size_t i = 0; i < w->n && !st; i++)
+        st = moec_st_writer_put(w, w->t[i].name, &w->t[i].t, err);
+    if (!st)
+        return moec_st_writer_finish(w, err);
+    stream_abort(w);
+    return st;
 }

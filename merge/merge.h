@@ -49,11 +49,15 @@
  * Memory: merged experts are buffers owned by the new model (singletons
  * stay views into the source), so the new model holds N_merged * 3 expert
  * matrices until it is saved; the SVDs add subspace.h's per-group peak per
- * worker thread.
+ * worker thread. With opts.out_dir the layers are folded on the
+ * layer-streaming pipeline and written as they are done, so only one
+ * layer's merged matrices (and the source layer's pages) are held.
  */
 #ifndef MOEC_MERGE_MERGE_H
 #define MOEC_MERGE_MERGE_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "calib/stats.h"
@@ -95,13 +99,19 @@ typedef struct moec_merge_opts {
                                         the process (core/threadpool.h) */
     moec_merge_progress progress;    /* may be NULL; called after each folded matrix, */
     void *progress_ctx;              /* from one thread at a time */
+    const char *out_dir;             /* NULL: the result stays in memory (default); else the HF directory
+                                        written layer by layer as it is built (lib/pipeline): each layer is
+                                        folded, written and released before the next, and *out keeps no
+                                        layer tensors */
+    size_t shard_bytes;              /* with out_dir: shards above this size, 0 = one file */
+    bool overwrite;                  /* with out_dir: replace an existing model directory */
 } moec_merge_opts;
 
 /* keep and ratio are unset: the caller must choose how many experts remain.
  * Truncation default (submoe): energy 0.99, see docs/results/merging.md. */
 #define MOEC_MERGE_OPTS_DEFAULT                                                                            \
     {MOEC_MERGE_SUBMOE, 0, 0.0, 0, 0.99, MOEC_SVD_FLOAT, MOEC_MERGE_WEIGHT_COUNT, MOEC_MERGE_ROUTER_AVERAGE, \
-     MOEC_KMEANS_OPTS_DEFAULT, 1, NULL, NULL}
+     MOEC_KMEANS_OPTS_DEFAULT, 1, NULL, NULL, NULL, 0, false}
 
 /* The three expert matrices, in the order reports list them. */
 enum { MOEC_MERGE_W1 = 0, MOEC_MERGE_W3, MOEC_MERGE_W2, MOEC_MERGE_KINDS };

@@ -1,10 +1,12 @@
 /* merge_model.c - expert merging over a whole model (contract in merge.h).
  *
  * Three passes: validate everything (options, statistics, every tensor's
- * shape and dtype) before any work; cluster each layer and lay out the new
- * model (router, expert slots, owned buffers), single-threaded because the
- * model's allocator is not thread-safe; then fold the matrices, one job per
- * (group, weight kind), in parallel. Jobs are independent, so the result
+ * shape and dtype) before any work; cluster each layer; then, layer by
+ * layer on the layer-streaming pipeline (lib/pipeline), lay out the layer
+ * (router, expert slots, owned buffers), single-threaded because the
+ * model's allocator is not thread-safe, and fold its matrices, one job per
+ * (group, weight kind), in parallel; a streamed layer is written and
+ * released before the next. Jobs are independent, so the result
  * does not depend on the thread count or on the order jobs finish in. */
 #include "merge/merge.h"
 
@@ -19,6 +21,8 @@
 #include "core/dtype.h"
 #include "core/threadpool.h"
 #include "merge/average.h"
+#include "model/model_sink.h"
+#include "pipeline/pipeline.h"
 
 static double now(void)
 {
@@ -400,7 +404,7 @@ typedef struct run_ctx {
     int n;
     const moec_merge_opts *o;
     atomic_int next;
-    int done;
+    int done, done0, total; /* progress: matrices folded before this call, and in all */
     pthread_mutex_t mu;
 } run_ctx;
 
@@ -417,16 +421,16 @@ static void run_jobs(void *ctx, int thread, int n_threads)
         pthread_mutex_lock(&c->mu);
         c->done++;
         if (c->o->progress)
-            c->o->progress(c->o->progress_ctx, c->done, c->n);
+            c->o->progress(c->o->progress_ctx, c->done0 + c->done, c->total);
         pthread_mutex_unlock(&c->mu);
     }
 }
 
 /* Runs every job, on a pool when threads > 1; the first failure in job
  * order is reported, so the message does not depend on timing. */
-static moec_status fold_all(job *jobs, int n_jobs, const moec_merge_opts *o, moec_err *err)
+static moec_status fold_all(job *jobs, int n_jobs, int done0, int total, const moec_merge_opts *o, moec_err *err)
 {
-    run_ctx rc = {.jobs = jobs, .n = n_jobs, .o = o};
+    run_ctx rc = {.jobs = jobs, .n = n_jobs, .o = o, .done0 = done0, .total = total};
     atomic_init(&rc.next, 0);
     moec_pool *pool = NULL;
     if (o->threads > 1 && n_jobs > 1 && !(pool = moec_pool_new(o->threads < n_jobs ? o->threads : n_jobs)))
@@ -444,7 +448,8 @@ static moec_status fold_all(job *jobs, int n_jobs, const moec_merge_opts *o, moe
     return MOEC_OK;
 }
 
-/* top_k and parameter counts, once every layer is in place. */
+/* top_k and parameter counts, once every layer is in place (params_after
+ * counted layer by layer as they were laid out). */
 static void finish_report(const moec_model *src, moec_model *dst, moec_merge_report *R)
 {
     int min_n = src->cfg.top_k;
@@ -454,7 +459,6 @@ static void finish_report(const moec_model *src, moec_model *dst, moec_merge_rep
     dst->cfg.top_k = min_n;
     R->top_k_after = min_n;
     R->params_before = moec_model_params(src);
-    R->params_after = moec_model_params(dst);
     R->params_factored = R->params_after;
     for (int i = 0; i < R->n_layers; i++)
         for (int g = 0; g < R->layers[i].n_after; g++) {
@@ -466,6 +470,24 @@ static void finish_report(const moec_model *src, moec_model *dst, moec_merge_rep
 }
 
 /* ---- the new model's layout ---- */
+
+/* The new layer's shape before anything is folded (what a streamed output
+ * declares up front): N expert slots viewing each group's first member and
+ * a router of N rows without data yet; layout_layer fills them. */
+static moec_status shape_layer(const moec_model *src, moec_model *dst, const moec_merge_layer *R, moec_err *err)
+{
+    const moec_layer *SL = &src->layers[R->layer];
+    moec_status st = moec_model_resize_experts(dst, R->layer, R->n_after, err);
+    if (st)
+        return st;
+    moec_layer *DL = &dst->layers[R->layer];
+    for (int g = 0; g < R->n_after; g++)
+        DL->experts[g] = SL->experts[R->groups[g].members[0]];
+    DL->router.shape[0] = R->n_after;
+    DL->router.data = NULL;
+    DL->router.nbytes = (size_t)R->n_after * (size_t)SL->router.shape[1] * moec_dtype_size(SL->router.dtype);
+    return MOEC_OK;
+}
 
 /* Router, expert slots and owned buffers of layer R->layer; appends one job
  * per matrix of each merged group. */
@@ -512,6 +534,49 @@ static moec_status layout_layer(const moec_model *src, moec_model *dst, const mo
     return MOEC_OK;
 }
 
+/* The pipeline's per-layer step: lay out and fold one layer; its
+ * parameters are counted before a streamed layer leaves memory. */
+typedef struct merge_walk {
+    const moec_model *src;
+    moec_model *dst;
+    const moec_merge_opts *o;
+    moec_merge_report *R;
+    job *jobs;
+    int next_moe, done, total;
+} merge_walk;
+
+static moec_status count_params(void *ctx, const moec_slot *s, moec_err *err)
+{
+    (void)err;
+    if (moec_tensor_present(s->t))
+        *(int64_t *)ctx += moec_tensor_numel(s->t);
+    return MOEC_OK;
+}
+
+static moec_status merge_layer(void *ctx, moec_pipeline *p, int l, moec_err *err)
+{
+    (void)p;
+    merge_walk *w = ctx;
+    moec_status st = MOEC_OK;
+    if (w->src->layers[l].n_experts > 0) {
+        int n_jobs = 0;
+        moec_merge_layer *L = &w->R->layers[w->next_moe++];
+        if ((st = layout_layer(w->src, w->dst, w->o, L, w->jobs, &n_jobs, err)) ||
+            (st = fold_all(w->jobs, n_jobs, w->done, w->total, w->o, err)))
+            return st;
+        w->done += n_jobs;
+    }
+    return moec_model_for_each_slot_in(w->dst, l, count_params, &w->R->params_after, err);
+}
+
+/* The embedding is counted before a streamed one leaves, the head after the walk. */
+static moec_status merge_begin(void *ctx, moec_pipeline *p, moec_err *err)
+{
+    (void)p;
+    merge_walk *w = ctx;
+    return moec_model_for_each_slot_in(w->dst, MOEC_PART_EMBED, count_params, &w->R->params_after, err);
+}
+
 moec_status moec_merge_model(const moec_model *src, const moec_stats *stats, const moec_merge_opts *o,
                              moec_model **out, moec_merge_report *rep, moec_err *err)
 {
@@ -541,6 +606,7 @@ moec_status moec_merge_model(const moec_model *src, const moec_stats *stats, con
         }
 
     moec_model *dst = NULL;
+    moec_model_sink *sink = NULL;
     job *jobs = NULL;
     int n_jobs = 0, max_jobs = 0;
     double t1 = t0;
@@ -569,17 +635,26 @@ moec_status moec_merge_model(const moec_model *src, const moec_stats *stats, con
         st = moec_err_set(err, MOEC_ERR_NOMEM, "merge: out of memory for %d merge jobs", max_jobs);
         goto fail;
     }
-    for (int i = 0; i < R.n_layers; i++) {
-        st = layout_layer(src, dst, o, &R.layers[i], jobs, &n_jobs, err);
-        if (st != MOEC_OK)
-            goto fail;
-    }
-
-    st = fold_all(jobs, n_jobs, o, err);
-    if (st != MOEC_OK)
+    /* layer by layer on the pipeline: laid out, folded and (with out_dir) written, one at a time */
+    for (int i = 0; i < R.n_layers && !st; i++)
+        st = shape_layer(src, dst, &R.layers[i], err);
+    if (st)
         goto fail;
+    if (o->out_dir &&
+        (st = moec_model_sink_hf_new(&sink, dst, o->out_dir, o->shard_bytes, o->overwrite, MOEC_DT_QUANT, err)))
+        goto fail;
+    merge_walk w = {.src = src, .dst = dst, .o = o, .R = &R, .jobs = jobs, .total = max_jobs};
+    moec_pipeline_opts po = {.run = dst, .sink = sink, .release_source = sink != NULL};
+    const moec_pipeline_ops ops = {.begin = merge_begin, .layer = merge_layer};
+    if ((st = moec_pipeline_run(src, dst, &po, &ops, &w, err)) ||
+        (st = moec_model_for_each_slot_in(dst, MOEC_PART_HEAD, count_params, &R.params_after, err)))
+        goto fail;
+    (void)n_jobs;
     R.seconds_merge = now() - t1;
     finish_report(src, dst, &R);
+    if (sink && (st = moec_model_sink_finish(sink, dst, NULL, err)))
+        goto fail;
+    moec_model_sink_free(sink);
     R.seconds = now() - t0;
     free(jobs);
     *out = dst;
@@ -590,6 +665,7 @@ moec_status moec_merge_model(const moec_model *src, const moec_stats *stats, con
     return MOEC_OK;
 
 fail:
+    moec_model_sink_free(sink);
     free(jobs);
     moec_model_close(dst);
     moec_merge_report_free(&R);

@@ -10,7 +10,11 @@
  * must outlive the result; tensors a method changes (router, DERN's
  * recombined experts, STUN's sparsified experts) are owned by the result.
  * Close the result with moec_model_close and release the report with
- * moec_prune_report_free. Save it with moec_model_save_hf.
+ * moec_prune_report_free. Save it with moec_model_save_hf, or let the
+ * method write it as it builds it (opts.out_dir): the layers then go
+ * through the layer-streaming pipeline (lib/pipeline) one at a time, each
+ * written and released before the next, so a checkpoint larger than memory
+ * can be pruned (the result returned then holds no layer tensors).
  *
  * Allocation over layers:
  *  - MOEC_PRUNE_UNIFORM (default): the same number of experts in every MoE
@@ -74,9 +78,17 @@ typedef struct moec_prune_opts {
                                    * domain "drama.train.txt" also answers to "drama");
                                    * NULL: every domain of every statistics */
     int n_domains;
+
+    /* Output: NULL keeps the whole result in memory (default); else the
+     * HF directory written layer by layer while the model is built
+     * (model_sink.h: shards above shard_bytes, 0 = one file; an existing
+     * directory replaced only with overwrite). */
+    const char *out_dir;
+    size_t shard_bytes;
+    bool overwrite;
 } moec_prune_opts;
 
-#define MOEC_PRUNE_OPTS_DEFAULT {0, 0.0, MOEC_PRUNE_UNIFORM, 1.0, 0.0, NULL, 0, 256, 1, 0.5, NULL, 0}
+#define MOEC_PRUNE_OPTS_DEFAULT {0, 0.0, MOEC_PRUNE_UNIFORM, 1.0, 0.0, NULL, 0, 256, 1, 0.5, NULL, 0, NULL, 0, false}
 
 #define MOEC_PRUNE_MAX_NOTES 8
 #define MOEC_PRUNE_NOTE_MAX 320
@@ -206,9 +218,25 @@ void moec_prune_mask_free(bool **mask, int n_layers);
 void moec_prune_begin(moec_prune_report *rep, const char *method, const char *score_name,
                       const moec_prune_opts *opts, moec_prune_opts *o);
 
-/* Fills the "after" figures, the time since t0 (moec_prune_now()), and the
- * notes that follow from the result (non-uniform counts). */
-void moec_prune_finish(moec_prune_report *rep, const moec_model *out, double t0);
+/* Fills the "after" figures from the result's layout (before its layers are
+ * built: no method changes a shape or dtype). */
+void moec_prune_measure(moec_prune_report *rep, const moec_model *out);
+
+/* Builds and writes the result m (from moec_prune_apply) layer by layer:
+ * ops.layer (may be NULL) finishes each layer of m from src; with
+ * calibration windows (ids may be NULL) they run through m, the
+ * expert-pruned model, one layer at a time. When o->out_dir is set the
+ * layers go to that HF directory as they are finished and leave memory
+ * (m keeps none), src's pages are released as it goes, and the directory
+ * is complete when this returns. */
+struct moec_pipeline_ops;
+moec_status moec_prune_build(const moec_model *src, moec_model *m, const moec_prune_opts *o, const int32_t *ids,
+                             const int *window_len, int n_windows, const struct moec_pipeline_ops *ops, void *ctx,
+                             moec_err *err);
+
+/* The time since t0 (moec_prune_now()) and the notes that follow from the
+ * result (non-uniform counts). */
+void moec_prune_finish(moec_prune_report *rep, double t0);
 
 /* Monotonic seconds. */
 double moec_prune_now(void);

@@ -3,6 +3,8 @@
  * derived model from a keep set, and the report. */
 #include "prune/prune.h"
 
+#include "pipeline/pipeline.h"
+
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdarg.h>
@@ -339,11 +341,35 @@ fail:
     return st;
 }
 
-void moec_prune_finish(moec_prune_report *rep, const moec_model *out, double t0)
+void moec_prune_measure(moec_prune_report *rep, const moec_model *out)
 {
     rep->params_after = moec_model_params(out);
     rep->bytes_after = moec_model_bytes(out);
     rep->non_uniform = !moec_config_uniform(&out->cfg);
+}
+
+moec_status moec_prune_build(const moec_model *src, moec_model *m, const moec_prune_opts *o, const int32_t *ids,
+                             const int *window_len, int n_windows, const moec_pipeline_ops *ops, void *ctx,
+                             moec_err *err)
+{
+    moec_model_sink *sink = NULL;
+    moec_status st = MOEC_OK;
+    if (o->out_dir &&
+        (st = moec_model_sink_hf_new(&sink, m, o->out_dir, o->shard_bytes, o->overwrite, MOEC_DT_QUANT, err)))
+        return st;
+    const moec_pipeline_ops none = {0};
+    moec_pipeline_opts po = {.ids = ids, .window_len = window_len, .n_windows = ids ? n_windows : 0,
+                             .threads = o->threads > 0 ? o->threads : 1, .run = m, .sink = sink,
+                             .release_source = sink != NULL};
+    st = moec_pipeline_run(src, m, &po, ops ? ops : &none, ctx, err);
+    if (!st && sink)
+        st = moec_model_sink_finish(sink, m, NULL, err);
+    moec_model_sink_free(sink);
+    return st;
+}
+
+void moec_prune_finish(moec_prune_report *rep, double t0)
+{
     if (rep->non_uniform)
         moec_prune_note(rep, "layers keep different numbers of experts: config.json lists them in "
                              "\"moec_layer_experts\", which moec reads; transformers, llama.cpp and other HF "

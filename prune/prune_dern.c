@@ -34,6 +34,8 @@
  * similarities at a time; nothing scales with E x f x d. */
 #include "prune/prune.h"
 
+#include "pipeline/pipeline.h"
+
 #include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
@@ -261,6 +263,27 @@ done:
     return st;
 }
 
+/* The pipeline's per-layer step: steps 3 and 4 of one layer. */
+typedef struct dern_run {
+    const moec_model *src;
+    moec_model *m;
+    const moec_stats *stats;
+    moec_prune_report *rep;
+    double alpha;
+} dern_run;
+
+static moec_status dern_pipeline_layer(void *ctx, moec_pipeline *p, int l, moec_err *err)
+{
+    (void)p;
+    dern_run *d = ctx;
+    moec_prune_layer *R = &d->rep->layers[l];
+    if (R->n_before == 0)
+        return MOEC_OK;
+    for (int e = 0; e < R->n_before; e++)
+        R->score[e] = d->stats->layers[l].gate_sum[e];
+    return dern_layer(d->m, d->src, l, &d->stats->layers[l], R, d->alpha, d->rep, err);
+}
+
 moec_status moec_prune_dern(const moec_model *src, const moec_stats *stats, const moec_prune_opts *opts,
                             moec_model **out, moec_prune_report *rep, moec_err *err)
 {
@@ -295,15 +318,13 @@ moec_status moec_prune_dern(const moec_model *src, const moec_stats *stats, cons
     st = moec_prune_select(src, &o, primary, secondary, mask, err);
     if (!st)
         st = moec_prune_apply(src, mask, &m, rep, err);
-    for (int l = 0; !st && l < L; l++) {
-        moec_prune_layer *R = &rep->layers[l];
-        if (R->n_before == 0)
-            continue;
-        for (int e = 0; e < R->n_before; e++)
-            R->score[e] = stats->layers[l].gate_sum[e];
-        st = dern_layer(m, src, l, &stats->layers[l], R, o.dern_alpha, rep, err);
-    }
     if (st)
+        goto done;
+    /* recombination changes values only: the sizes are known now */
+    moec_prune_measure(rep, m);
+    dern_run run = {src, m, stats, rep, o.dern_alpha};
+    const moec_pipeline_ops ops = {.layer = dern_pipeline_layer};
+    if ((st = moec_prune_build(src, m, &o, NULL, NULL, 0, &ops, &run, err)))
         goto done;
     if (rep->segments)
         moec_prune_note(rep,
@@ -312,7 +333,7 @@ moec_status moec_prune_dern(const moec_model *src, const moec_stats *stats, cons
                         (long long)rep->segments_assigned, (long long)rep->segments, o.dern_alpha,
                         (long long)rep->segments_discarded, rep->dern_sim_sum / (double)rep->segments,
                         rep->dern_sim_max);
-    moec_prune_finish(rep, m, t0);
+    moec_prune_finish(rep, t0);
     *out = m;
     m = NULL;
 done:

@@ -160,7 +160,12 @@ moec_status moec_prune_easyep(const moec_model *src, const moec_stats *const *st
         else
             moec_prune_note(rep, "scored on one domain: %s", names);
     }
-    moec_prune_finish(rep, m, t0);
+    moec_prune_measure(rep, m);
+    if ((st = moec_prune_build(src, m, &o, NULL, NULL, 0, NULL, NULL, err))) {
+        moec_model_close(m);
+        goto done;
+    }
+    moec_prune_finish(rep, t0);
     *out = m;
 done:
     for (int l = 0; l < L && score; l++)

@@ -39,7 +39,12 @@ moec_status moec_prune_freq(const moec_model *src, const moec_stats *stats, cons
     for (int l = 0; l < L; l++)
         for (int e = 0; e < rep->layers[l].n_before; e++)
             rep->layers[l].score[e] = stats->layers[l].count[e];
-    moec_prune_finish(rep, m, t0);
+    moec_prune_measure(rep, m);
+    if ((st = moec_prune_build(src, m, &o, NULL, NULL, 0, NULL, NULL, err))) {
+        moec_model_close(m);
+        goto done;
+    }
+    moec_prune_finish(rep, t0);
     *out = m;
 done:
     moec_prune_mask_free(mask, L);

@@ -67,6 +67,7 @@
 #include <string.h>
 
 #include "exec/exec.h"
+#include "pipeline/pipeline.h"
 #include "exec/matmul.h"
 
 typedef struct {
@@ -337,6 +338,16 @@ static void wanda_hook(void *ctx, const moec_moe_view *v)
     }
 }
 
+static void wanda_acc_free_layer(wanda_acc *a, int l)
+{
+    free(a->in_sq[l]);
+    free(a->mid_sq[l]);
+    free(a->tokens[l]);
+    a->in_sq[l] = NULL;
+    a->mid_sq[l] = NULL;
+    a->tokens[l] = NULL;
+}
+
 static void wanda_acc_free(wanda_acc *a, int L)
 {
     for (int l = 0; l < L; l++) {
@@ -355,45 +366,26 @@ static void wanda_acc_free(wanda_acc *a, int L)
     free(a->h3);
 }
 
-static moec_status wanda_collect(const moec_model *m, const moec_prune_opts *o, wanda_acc *a, moec_err *err)
+static moec_status wanda_acc_layer(wanda_acc *a, int l, moec_err *err)
 {
-    const int L = m->cfg.n_layers, d = m->cfg.hidden_size;
-    memset(a, 0, sizeof *a);
-    a->m = m;
-    a->in_sq = calloc((size_t)L, sizeof *a->in_sq);
-    a->mid_sq = calloc((size_t)L, sizeof *a->mid_sq);
-    a->tokens = calloc((size_t)L, sizeof *a->tokens);
-    if (!a->in_sq || !a->mid_sq || !a->tokens)
+    const moec_model *m = a->m;
+    const int E = m->layers[l].n_experts, d = m->cfg.hidden_size;
+    if (E == 0)
+        return MOEC_OK;
+    int64_t ff = moec_tensor_rows(&m->layers[l].experts[0].w1);
+    a->in_sq[l] = calloc((size_t)E * d, sizeof **a->in_sq);
+    a->mid_sq[l] = calloc((size_t)E * (size_t)ff, sizeof **a->mid_sq);
+    a->tokens[l] = calloc((size_t)E, sizeof **a->tokens);
+    if (!a->in_sq[l] || !a->mid_sq[l] || !a->tokens[l])
         return moec_err_set(err, MOEC_ERR_NOMEM, "out of memory");
-    for (int l = 0; l < L; l++) {
-        int E = m->layers[l].n_experts;
-        if (E == 0)
-            continue;
-        int64_t ff = moec_tensor_rows(&m->layers[l].experts[0].w1);
-        a->in_sq[l] = calloc((size_t)E * d, sizeof **a->in_sq);
-        a->mid_sq[l] = calloc((size_t)E * (size_t)ff, sizeof **a->mid_sq);
-        a->tokens[l] = calloc((size_t)E, sizeof **a->tokens);
-        if (!a->in_sq[l] || !a->mid_sq[l] || !a->tokens[l])
-            return moec_err_set(err, MOEC_ERR_NOMEM, "out of memory");
-    }
-    const int ctx = o->calib_ctx > 0 ? o->calib_ctx : 256;
-    moec_exec_opts eo = MOEC_EXEC_OPTS_DEFAULT;
-    eo.threads = o->threads > 0 ? o->threads : 1;
-    eo.max_ctx = ctx;
-    moec_exec *ex;
-    moec_status st = moec_exec_new(&ex, m, &eo, err);
-    if (st)
-        return st;
-    moec_exec_set_moe_hook(ex, wanda_hook, a);
-    for (size_t p = 0; p < o->n_calib_tokens && !st; p += (size_t)ctx) {
-        size_t n = o->n_calib_tokens - p < (size_t)ctx ? o->n_calib_tokens - p : (size_t)ctx;
-        moec_exec_reset(ex);
-        st = moec_exec_forward(ex, o->calib_tokens + p, (int)n, NULL, false, err);
-        if (!st && a->failed)
-            st = moec_err_set(err, MOEC_ERR_NOMEM, "out of memory");
-    }
-    moec_exec_free(ex);
-    return st;
+    return MOEC_OK;
+}
+
+/* The hook cannot fail: its out-of-memory is reported before the next window. */
+static moec_status wanda_window(void *ctx, int window, moec_err *err)
+{
+    (void)window;
+    return ((wanda_acc *)ctx)->failed ? moec_err_set(err, MOEC_ERR_NOMEM, "out of memory") : MOEC_OK;
 }
 
 typedef struct {
@@ -552,29 +544,72 @@ static stun_clusters layer_view(stun_state *s, int l)
     return (stun_clusters){1, l, &s->E[l], &s->D[l], &s->floor[l], &s->label[l], &s->n_clusters[l]};
 }
 
-static moec_status stun_wanda(moec_model *m, const moec_prune_opts *o, moec_prune_report *rep, moec_err *err)
-{
+/* Stage 2 in the pipeline: the calibration windows run through layer l of
+ * the expert-pruned model (the kept experts' input norms gathered on the
+ * way), then its kept experts are sparsified. */
+typedef struct wanda_run {
     wanda_acc acc;
-    moec_status st = wanda_collect(m, o, &acc, err);
-    for (int l = 0; !st && l < m->cfg.n_layers; l++) {
-        moec_layer *ly = &m->layers[l];
-        for (int e = 0; !st && e < ly->n_experts; e++) {
-            if (acc.tokens[l][e] == 0) {
-                rep->wanda_skipped++;
-                continue;
-            }
-            moec_ffn *f = &ly->experts[e];
-            const int64_t ff = moec_tensor_rows(&f->w1);
-            const double *in = acc.in_sq[l] + (size_t)e * m->cfg.hidden_size;
-            st = wanda_matrix(m, &f->w1, in, o->sparsity, &rep->wanda_weights, &rep->wanda_zeros, err);
-            if (!st)
-                st = wanda_matrix(m, &f->w3, in, o->sparsity, &rep->wanda_weights, &rep->wanda_zeros, err);
-            if (!st)
-                st = wanda_matrix(m, &f->w2, acc.mid_sq[l] + (size_t)e * ff, o->sparsity, &rep->wanda_weights,
-                                  &rep->wanda_zeros, err);
+    const moec_prune_opts *o;
+    moec_prune_report *rep;
+} wanda_run;
+
+static moec_status wanda_layer(void *ctx, moec_pipeline *p, int l, moec_err *err)
+{
+    wanda_run *w = ctx;
+    wanda_acc *acc = &w->acc;
+    moec_model *m = (moec_model *)acc->m;
+    moec_status st = wanda_acc_layer(acc, l, err);
+    if (!st)
+        st = moec_pipeline_advance(p, l, wanda_hook, NULL, acc, wanda_window, err);
+    if (!st)
+        st = wanda_window(acc, 0, err);
+    moec_layer *ly = &m->layers[l];
+    for (int e = 0; !st && e < ly->n_experts; e++) {
+        if (acc->tokens[l][e] == 0) {
+            w->rep->wanda_skipped++;
+            continue;
         }
+        moec_ffn *f = &ly->experts[e];
+        const int64_t ff = moec_tensor_rows(&f->w1);
+        const double *in = acc->in_sq[l] + (size_t)e * m->cfg.hidden_size;
+        st = wanda_matrix(m, &f->w1, in, w->o->sparsity, &w->rep->wanda_weights, &w->rep->wanda_zeros, err);
+        if (!st)
+            st = wanda_matrix(m, &f->w3, in, w->o->sparsity, &w->rep->wanda_weights, &w->rep->wanda_zeros, err);
+        if (!st)
+            st = wanda_matrix(m, &f->w2, acc->mid_sq[l] + (size_t)e * ff, w->o->sparsity, &w->rep->wanda_weights,
+                              &w->rep->wanda_zeros, err);
     }
-    wanda_acc_free(&acc, m->cfg.n_layers);
+    wanda_acc_free_layer(acc, l);
+    return st;
+}
+
+/* Builds (and writes) the result; with sparsity, stage 2 on the way. */
+static moec_status stun_build(const moec_model *src, moec_model *m, const moec_prune_opts *o, moec_prune_report *rep,
+                              moec_err *err)
+{
+    if (!(o->sparsity > 0.0))
+        return moec_prune_build(src, m, o, NULL, NULL, 0, NULL, NULL, err);
+    const int L = m->cfg.n_layers;
+    const int ctx = o->calib_ctx > 0 ? o->calib_ctx : 256;
+    const int n_win = (int)((o->n_calib_tokens + (size_t)ctx - 1) / (size_t)ctx);
+    wanda_run w = {.o = o, .rep = rep};
+    w.acc.m = m;
+    w.acc.in_sq = calloc((size_t)L, sizeof *w.acc.in_sq);
+    w.acc.mid_sq = calloc((size_t)L, sizeof *w.acc.mid_sq);
+    w.acc.tokens = calloc((size_t)L, sizeof *w.acc.tokens);
+    int *len = malloc((size_t)n_win * sizeof *len);
+    moec_status st = MOEC_OK;
+    if (!w.acc.in_sq || !w.acc.mid_sq || !w.acc.tokens || !len)
+        st = moec_err_set(err, MOEC_ERR_NOMEM, "out of memory");
+    for (int i = 0; !st && i < n_win; i++) {
+        const size_t at = (size_t)i * (size_t)ctx;
+        len[i] = o->n_calib_tokens - at < (size_t)ctx ? (int)(o->n_calib_tokens - at) : ctx;
+    }
+    const moec_pipeline_ops ops = {.layer = wanda_layer};
+    if (!st)
+        st = moec_prune_build(src, m, o, o->calib_tokens, len, n_win, &ops, &w, err);
+    wanda_acc_free(&w.acc, L);
+    free(len);
     if (st)
         return st;
     rep->sparsity_achieved = rep->wanda_weights ? (double)rep->wanda_zeros / (double)rep->wanda_weights : 0.0;
@@ -678,6 +713,8 @@ moec_status moec_prune_stun(const moec_model *src, const moec_stats *stats, cons
             for (int i = 0; i < n; i++)
                 rep_of[l][members[i]] = members[best];
         }
+        if (o.out_dir) /* streaming: the members' weights were read, the build reads the layer again later */
+            moec_model_release_part(src, l);
     }
     st = moec_prune_apply(src, mask, &m, rep, err);
     if (st)
@@ -692,9 +729,10 @@ moec_status moec_prune_stun(const moec_model *src, const moec_stats *stats, cons
             R->group[e] = R->group[rep_of[l][e]];
         }
     }
-    if (o.sparsity > 0.0 && (st = stun_wanda(m, &o, rep, err)))
+    moec_prune_measure(rep, m);
+    if ((st = stun_build(src, m, &o, rep, err)))
         goto done;
-    moec_prune_finish(rep, m, t0);
+    moec_prune_finish(rep, t0);
     *out = m;
     m = NULL;
 done:

@@ -124,13 +124,10 @@ void moec_gptq_hinv_parts(const moec_gptq_hinv *h, int64_t *cols, const float **
     *diag = h->diag;
 }
 
-moec_status moec_gptq_hinv_new(const double *H, int64_t cols, int64_t n_samples,
-                               const moec_gptq_opts *o, const char *name,
-                               moec_gptq_hinv **out, moec_gptq_report *rep,
-                               moec_err *err)
+/* The checks shared by both ways of building a factor. */
+static moec_status hinv_check(const double *H, int64_t cols, int64_t n_samples, const moec_gptq_opts *o,
+                              const char *name, moec_gptq_hinv **out, moec_err *err)
 {
-    if (!name)
-        name = "matrix";
     if (!out || !o || !H)
         return moec_err_set(err, MOEC_ERR_ARG, "%s: GPTQ: missing Hessian, options or output",
                             name);
@@ -159,10 +156,23 @@ moec_status moec_gptq_hinv_new(const double *H, int64_t cols, int64_t n_samples,
                                     "%s: GPTQ: Hessian [%lld][%lld] is not finite", name,
                                     (long long)i, (long long)j);
     }
+    return MOEC_OK;
+}
 
+/* Builds the factor into A ([cols][cols] doubles, which it keeps, narrowed
+ * to float). When A is H itself (in place, identity order only), H's upper
+ * triangle is first mirrored into the lower one, which LAPACK never reads
+ * (row-major upper = column-major lower, the triangle it works on), so a
+ * failed factorisation can start again from H. Either way the arithmetic
+ * on the upper triangle is the same, so are the results. */
+static moec_status hinv_build(const double *H, double *A, int64_t cols, int64_t n_samples,
+                              const moec_gptq_opts *o, const char *name, moec_gptq_hinv **out,
+                              moec_gptq_report *rep, moec_err *err)
+{
+    const bool inplace = A == H;
     moec_status st = MOEC_OK;
     moec_gptq_hinv *h = calloc(1, sizeof *h);
-    double *A = NULL;
+    double *diag = NULL;
     rank_item *rank = NULL;
     if (!h)
         goto nomem;
@@ -170,8 +180,7 @@ moec_status moec_gptq_hinv_new(const double *H, int64_t cols, int64_t n_samples,
     h->perm = malloc((size_t)cols * sizeof *h->perm);
     h->dead = malloc((size_t)cols);
     h->diag = malloc((size_t)cols * sizeof *h->diag);
-    A = calloc((size_t)cols * (size_t)cols, sizeof *A);
-    if (!h->perm || !h->dead || !h->diag || !A)
+    if (!h->perm || !h->dead || !h->diag)
         goto nomem;
     for (int64_t j = 0; j < cols; j++) {
         h->diag[j] = (float)(H[(size_t)j * (size_t)cols + (size_t)j] / (double)n_samples);
@@ -200,13 +209,28 @@ moec_status moec_gptq_hinv_new(const double *H, int64_t cols, int64_t n_samples,
         for (int64_t j = 0; j < cols; j++)
             h->perm[j] = rank[j].idx;
     }
+    if (inplace) {
+        if (!(diag = malloc((size_t)cols * sizeof *diag)))
+            goto nomem;
+        for (int64_t i = 0; i < cols; i++) {
+            diag[i] = A[(size_t)i * (size_t)cols + (size_t)i];
+            for (int64_t j = i + 1; j < cols; j++)
+                A[(size_t)j * (size_t)cols + (size_t)i] = A[(size_t)i * (size_t)cols + (size_t)j];
+        }
+    }
 
     const double scale = 2.0 / (double)n_samples;
     double percdamp = o->percdamp, damp = 0.0;
     int tries = 0;
     lapack_int info;
     for (;;) {
-        damp = fill_damped(A, H, cols, scale, h->perm, h->dead, percdamp);
+        if (inplace && tries > 0) /* H again, from the mirror */
+            for (int64_t i = 0; i < cols; i++) {
+                A[(size_t)i * (size_t)cols + (size_t)i] = diag[i];
+                for (int64_t j = i + 1; j < cols; j++)
+                    A[(size_t)i * (size_t)cols + (size_t)j] = A[(size_t)j * (size_t)cols + (size_t)i];
+            }
+        damp = fill_damped(A, inplace ? A : H, cols, scale, h->perm, h->dead, percdamp);
         info = chol_inverse_upper(A, cols);
         if (info <= 0 || tries >= o->damp_retries)
             break;
@@ -243,9 +267,9 @@ moec_status moec_gptq_hinv_new(const double *H, int64_t cols, int64_t n_samples,
         free(tmp);
         void *shrunk = realloc(A, (size_t)cols * (size_t)cols * sizeof(float));
         h->U = shrunk ? shrunk : (void *)A;
-        A = NULL;
     }
     free(rank);
+    free(diag);
     if (rep) {
         rep->percdamp_used = percdamp;
         rep->damp = damp;
@@ -262,8 +286,47 @@ nomem:
 fail:
     free(A);
     free(rank);
+    free(diag);
     moec_gptq_hinv_free(h);
     return st;
+}
+
+moec_status moec_gptq_hinv_new(const double *H, int64_t cols, int64_t n_samples,
+                               const moec_gptq_opts *o, const char *name,
+                               moec_gptq_hinv **out, moec_gptq_report *rep,
+                               moec_err *err)
+{
+    if (!name)
+        name = "matrix";
+    moec_status st = hinv_check(H, cols, n_samples, o, name, out, err);
+    if (st)
+        return st;
+    double *A = calloc((size_t)cols * (size_t)cols, sizeof *A);
+    if (!A)
+        return moec_err_set(err, MOEC_ERR_NOMEM,
+                            "%s: GPTQ: out of memory for a %lld x %lld Hessian", name,
+                            (long long)cols, (long long)cols);
+    return hinv_build(H, A, cols, n_samples, o, name, out, rep, err);
+}
+
+moec_status moec_gptq_hinv_from(double *H, int64_t cols, int64_t n_samples,
+                                const moec_gptq_opts *o, const char *name,
+                                moec_gptq_hinv **out, moec_gptq_report *rep,
+                                moec_err *err)
+{
+    if (!name)
+        name = "matrix";
+    moec_status st = hinv_check(H, cols, n_samples, o, name, out, err);
+    if (st) {
+        free(H);
+        return st;
+    }
+    if (o->act_order) { /* a permuted copy cannot share H's storage */
+        st = moec_gptq_hinv_new(H, cols, n_samples, o, name, out, rep, err);
+        free(H);
+        return st;
+    }
+    return hinv_build(H, H, cols, n_samples, o, name, out, rep, err);
 }
 
 moec_status moec_gptq_quantize_with(const float *W, int64_t rows, int64_t cols,

@@ -1,13 +1,13 @@
 /* quant_hessians.c - the calibration passes that build GPTQ's Hessians,
  * layer by layer.
  *
- * Every pass runs all calibration windows through the working model: a
- * model derived from the original in which everything quantized so far is
- * the packed result itself (recipe.c), so the inputs a pass sees at layer
- * L are those of the partially quantized model, as in GPTQ's sequential
- * procedure. A pass acts only at its layer (hooks at other layers return at
- * once); the executor still runs the layers after it, which costs time but
- * keeps the executor unchanged.
+ * Every pass runs all calibration windows through one layer of the
+ * working model: a model derived from the original in which everything
+ * quantized so far is the packed result itself (recipe.c). The pipeline
+ * (lib/pipeline) keeps the windows' hidden states at the layer's input,
+ * produced by the already quantized layers before it, so the inputs a pass
+ * sees at layer L are those of the partially quantized model, as in GPTQ's
+ * sequential procedure, without running the layers before L again.
  *
  * Attention pass (qr_collect_attn): H_x = Σ xxᵀ over every token's q/k/v
  * input and H_a = Σ aaᵀ over its o_proj input.
@@ -36,32 +36,50 @@
 #include "exec/ops.h"
 #include "quant/gptq.h"
 
-moec_status qr_run_pass(const qr_windows *w, const moec_model *m, bool original, int64_t max_tokens,
-                        moec_moe_hook mh, moec_attn_hook ah, void *hctx, qr_hook_status *hs, moec_err *err)
+/* Before each window: the hook's error so far stops the pass. */
+static moec_status pass_window(void *ctx, int window, moec_err *err)
 {
-    moec_exec_opts eo = MOEC_EXEC_OPTS_DEFAULT;
-    eo.threads = w->threads;
-    eo.max_ctx = w->max_len;
-    eo.act_bits = original ? 0 : w->act_bits;
-    moec_exec *ex;
-    moec_status st = moec_exec_new(&ex, m, &eo, err);
-    if (st)
-        return st;
-    moec_exec_set_moe_hook(ex, mh, hctx);
-    moec_exec_set_attn_hook(ex, ah, hctx);
-    int64_t done = 0;
-    for (int i = 0; i < w->n && !st; i++) {
-        if (max_tokens > 0 && done >= max_tokens)
-            break;
-        moec_exec_reset(ex);
-        st = moec_exec_forward(ex, w->ids + w->start[i], w->len[i], NULL, false, err);
-        if (!st && hs && hs->st) {
-            *err = hs->err;
-            st = hs->st;
-        }
-        done += w->len[i];
+    (void)window;
+    const qr_hook_status *hs = ctx;
+    if (hs && hs->st) {
+        *err = hs->err;
+        return hs->st;
     }
-    moec_exec_free(ex);
+    return MOEC_OK;
+}
+
+typedef struct pass_hooks {
+    qr_hook_status *hs;
+    moec_moe_hook mh;
+    moec_attn_hook ah;
+    void *hctx;
+} pass_hooks;
+
+static void pass_moe(void *ctx, const moec_moe_view *v)
+{
+    pass_hooks *h = ctx;
+    h->mh(h->hctx, v);
+}
+
+static void pass_attn(void *ctx, const moec_attn_view *v)
+{
+    pass_hooks *h = ctx;
+    h->ah(h->hctx, v);
+}
+
+static moec_status pass_window_h(void *ctx, int window, moec_err *err)
+{
+    return pass_window(((pass_hooks *)ctx)->hs, window, err);
+}
+
+moec_status qr_run_pass(const qr_windows *w, int layer, moec_moe_hook mh, moec_attn_hook ah, void *hctx,
+                        qr_hook_status *hs, moec_err *err)
+{
+    pass_hooks h = {hs, mh, ah, hctx};
+    moec_status st = moec_pipeline_pass(w->p, layer, mh ? pass_moe : NULL, ah ? pass_attn : NULL, &h, pass_window_h,
+                                        err);
+    if (!st)
+        st = pass_window(hs, 0, err);
     return st;
 }
 
@@ -163,7 +181,7 @@ moec_status qr_collect_attn(const qr_windows *w, const moec_model *work, moec_po
 {
     attn_ctx c = {.layer = layer, .d = work->cfg.hidden_size,
                   .qdim = (int64_t)work->cfg.n_heads * work->cfg.head_dim, .Hx = Hx, .Ha = Ha, .pool = pool};
-    moec_status st = qr_run_pass(w, work, false, 0, NULL, attn_hook, &c, &c.hs, err);
+    moec_status st = qr_run_pass(w, layer, NULL, attn_hook, &c, &c.hs, err);
     *n = c.n;
     if (st)
         return moec_err_prefix(err, "layer %d attention pass", layer);
@@ -172,9 +190,7 @@ moec_status qr_collect_attn(const qr_windows *w, const moec_model *work, moec_po
 
 /* ---- MoE ---- */
 
-/* rows of x [rows][d] -> H2 += uuᵀ with u = silu(w1 x̂) ⊙ (w3 x̂). X is
- * overwritten (activation quantization in place). */
-static moec_status add_intermediate(double *H2, const moec_ffn *F, float *X, int64_t rows, int64_t d, int act_bits,
+moec_status qr_add_intermediate(double *H2, const moec_ffn *F, float *X, int64_t rows, int64_t d, int act_bits,
                                     moec_err *err)
 {
     const int64_t f = moec_tensor_rows(&F->w1);
@@ -229,7 +245,7 @@ static void moe_task(void *vm, int e, int t)
     if (H1)
         st = moec_hessian_accumulate(H1, X, rows, d, &err);
     if (!st && H2)
-        st = add_intermediate(H2, shared ? &L->shared : &L->experts[e], X, rows, d, c->act_bits, &err);
+        st = qr_add_intermediate(H2, shared ? &L->shared : &L->experts[e], X, rows, d, c->act_bits, &err);
     free(X);
     if (st)
         share_fail(&mc->se, t, st, &err);
@@ -304,7 +320,7 @@ moec_status qr_collect_moe(const qr_windows *w, const moec_model *work, qr_moe_c
 {
     c->work = work;
     memset(&c->hs, 0, sizeof c->hs);
-    moec_status st = qr_run_pass(w, work, false, 0, moe_hook, NULL, c, &c->hs, err);
+    moec_status st = qr_run_pass(w, c->layer, moe_hook, NULL, c, &c->hs, err);
     if (st)
         return moec_err_prefix(err, "layer %d expert pass", c->layer);
     return MOEC_OK;
@@ -341,7 +357,7 @@ static void extra_task(void *vx, int e, int t)
     if (c->H1)
         st = moec_hessian_accumulate(c->H1[e], X, n, d, &err);
     if (!st && c->H2)
-        st = add_intermediate(c->H2[e], &c->work->layers[c->layer].experts[e], X, n, d, c->act_bits, &err);
+        st = qr_add_intermediate(c->H2[e], &c->work->layers[c->layer].experts[e], X, n, d, c->act_bits, &err);
     free(X);
     if (st)
         share_fail(&x->se, t, st, &err);

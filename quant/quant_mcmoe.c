@@ -140,7 +140,7 @@ moec_status qr_measure_eps(const qr_windows *w, const moec_model *work, moec_poo
     c->cand = cand;
     c->eps = eps;
     c->pool = pool;
-    moec_status st = qr_run_pass(w, work, false, 0, eps_hook, NULL, c, &c->hs, err);
+    moec_status st = qr_run_pass(w, layer, eps_hook, NULL, c, &c->hs, err);
     free(c);
     if (st)
         return moec_err_prefix(err, "layer %d expert loss pass", layer);

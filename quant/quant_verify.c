@@ -1,9 +1,15 @@
 /* quant_verify.c - the recipe's last pass: how far the quantized working
  * model is from the original on calibration windows.
  *
- * Per window, the original model runs first (no activation quantization)
- * and its routing choices are kept; then the working model runs (with the
- * recipe's activation quantization). Measured:
+ * It runs layer by layer with the rest of the recipe: the first windows (up
+ * to max_tokens) are also kept as hidden states of the original model
+ * (no activation quantization), pushed through each original layer once
+ * the layer is quantized, its routing choices recorded; then the same
+ * windows of the quantized working model (the pipeline's states, with the
+ * recipe's activation quantization) move through the finished layer and
+ * are compared. At the end both heads give the logits. Each layer sees
+ * what a whole forward pass of the final models would show it, so the
+ * figures are those of two full runs. Measured:
  *  - mean KL(original ‖ quantized) of the next-token distributions and
  *    top-1 agreement, over every position;
  *  - per MoE layer, the fraction of tokens whose top-k expert set equals
@@ -22,17 +28,21 @@
 
 #include "exec/matmul.h"
 #include "exec/ops.h"
+#include "pipeline/pipeline.h"
 
-typedef struct verify_ctx {
+struct qr_verify {
     const moec_model *src;
-    float *const *s;
-    int k, d;
-    int *pos;              /* [n_layers] tokens of the current window the layer has seen (chunks) */
-    int32_t *fp_sel;       /* [n_layers][max_len][k] original routing of the window */
-    int max_len;
-    bool original_run;
-    double *agree;         /* [n_layers] tokens with the same top-k set */
-    double *err_num, *err_den;
+    int k, d, max_len;
+    int nv;                /* windows compared */
+    int64_t positions;     /* their tokens */
+    moec_hstates *orig;    /* the original model's states of those windows */
+    moec_exec *ex;         /* over src, one-layer cache */
+    const float *s;        /* the current layer's smoothing factors, or NULL */
+    int window, pos;       /* window of the current run and tokens of it seen (chunks) */
+    bool active, original_run;
+    int32_t *fp_sel;       /* [nv][max_len][k] original routing at the current layer */
+    double agree;          /* current layer: tokens with the same top-k set */
+    double err_num, err_den;
     float *acc;            /* [threads][max_len][d] */
     moec_pool *pool;
     const moec_moe_view *v;
@@ -40,7 +50,8 @@ typedef struct verify_ctx {
     qr_hook_status hs;
     moec_status st[64];
     moec_err err[64];
-} verify_ctx;
+};
+typedef struct qr_verify verify_ctx;
 
 /* Original expert e on the rows the working model routed to it, gated, into
  * the share's accumulator. */
@@ -54,7 +65,7 @@ static void verify_task(void *vc, int e, int t)
         return;
     const moec_ffn *F = &c->src->layers[v->layer].experts[e];
     const int64_t f = moec_tensor_rows(&F->w1);
-    const float *s = c->s ? c->s[v->layer] : NULL;
+    const float *s = c->s;
     float *X = calloc((size_t)(rows * d), sizeof *X), *Y = malloc((size_t)(rows * d) * sizeof *Y);
     float *h1 = malloc((size_t)(rows * f) * sizeof *h1), *h3 = malloc((size_t)(rows * f) * sizeof *h3);
     if (!X || !Y || !h1 || !h3) {
@@ -88,13 +99,13 @@ done:
 static void verify_hook(void *vc, const moec_moe_view *v)
 {
     verify_ctx *c = vc;
-    if (c->hs.st)
+    if (c->hs.st || !c->active)
         return;
     const int k = c->k, d = c->d;
     /* the executor may split a window into chunks: v covers tokens [p0, p0 + v->n) of it */
-    const int p0 = c->pos[v->layer];
-    c->pos[v->layer] += v->n;
-    int32_t *fs = c->fp_sel + ((size_t)v->layer * c->max_len + (size_t)p0) * k;
+    const int p0 = c->pos;
+    c->pos += v->n;
+    int32_t *fs = c->fp_sel + ((size_t)c->window * c->max_len + (size_t)p0) * k;
     if (c->original_run) {
         memcpy(fs, v->sel, (size_t)v->n * k * sizeof *fs);
         return;
@@ -104,7 +115,7 @@ static void verify_hook(void *vc, const moec_moe_view *v)
         for (int a = 0; a < k; a++)
             for (int b = 0; b < k; b++)
                 match += v->sel[(size_t)i * k + a] == fs[(size_t)i * k + b];
-        c->agree[v->layer] += match == k;
+        c->agree += match == k;
     }
     c->v = v;
     memset(c->acc, 0, (size_t)c->nt * c->max_len * d * sizeof *c->acc);
@@ -124,8 +135,22 @@ static void verify_hook(void *vc, const moec_moe_view *v)
         num += dl * dl;
         den += (double)ref * ref;
     }
-    c->err_num[v->layer] += num;
-    c->err_den[v->layer] += den;
+    c->err_num += num;
+    c->err_den += den;
+}
+
+/* Before each window of a run: the hook's error so far; which window. */
+static moec_status verify_window(void *vc, int window, moec_err *err)
+{
+    verify_ctx *c = vc;
+    if (c->hs.st) {
+        *err = c->hs.err;
+        return c->hs.st;
+    }
+    c->window = window;
+    c->pos = 0;
+    c->active = window < c->nv;
+    return MOEC_OK;
 }
 
 /* KL(p ‖ q) and whether the argmaxes agree, for two logit rows of length V. */
@@ -158,84 +183,112 @@ static double kl_row(const float *zp, const float *zq, int V, bool *same_top)
     return kl > 0.0 ? kl : 0.0;
 }
 
-moec_status qr_verify(const qr_windows *w, const moec_model *src, const moec_model *work, float *const *s,
-                      int64_t max_tokens, moec_quant_report *rep, moec_err *err)
+void qr_verify_free(qr_verify *c)
 {
-    const moec_config *cfg = &src->cfg;
-    const int V = cfg->vocab_size, NL = cfg->n_layers, k = cfg->top_k, d = cfg->hidden_size;
-    verify_ctx c = {.src = src, .s = s, .k = k, .d = d, .max_len = w->max_len};
-    moec_exec *ex_fp = NULL, *ex_q = NULL;
-    float *lp = NULL, *lq = NULL;
-    moec_status st = MOEC_OK;
-    c.pool = moec_pool_new(w->threads);
-    c.nt = moec_pool_size(c.pool);
-    c.fp_sel = malloc((size_t)NL * w->max_len * k * sizeof *c.fp_sel);
-    c.agree = calloc((size_t)NL, sizeof *c.agree);
-    c.pos = calloc((size_t)NL, sizeof *c.pos);
-    c.err_num = calloc((size_t)NL, sizeof *c.err_num);
-    c.err_den = calloc((size_t)NL, sizeof *c.err_den);
-    c.acc = malloc((size_t)c.nt * w->max_len * d * sizeof *c.acc);
-    lp = malloc((size_t)w->max_len * V * sizeof *lp);
-    lq = malloc((size_t)w->max_len * V * sizeof *lq);
-    if (!c.pool || !c.fp_sel || !c.agree || !c.pos || !c.err_num || !c.err_den || !c.acc || !lp || !lq) {
-        st = moec_err_set(err, MOEC_ERR_NOMEM, "verify: out of memory");
-        goto done;
+    if (!c)
+        return;
+    moec_exec_free(c->ex);
+    moec_hstates_free(c->orig);
+    moec_pool_free(c->pool);
+    free(c->fp_sel), free(c->acc);
+    free(c);
+}
+
+moec_status qr_verify_new(qr_verify **out, const qr_windows *w, const moec_model *src, int64_t max_tokens,
+                          moec_err *err)
+{
+    *out = NULL;
+    verify_ctx *c = calloc(1, sizeof *c);
+    if (!c)
+        return moec_err_set(err, MOEC_ERR_NOMEM, "verify: out of memory");
+    c->src = src;
+    c->k = src->cfg.top_k;
+    c->d = src->cfg.hidden_size;
+    /* the first windows up to max_tokens, the one that reaches it included */
+    int nv = 0, max_len = 0;
+    for (int64_t done = 0; nv < w->n && !(max_tokens > 0 && done >= max_tokens); nv++) {
+        done += w->len[nv];
+        max_len = w->len[nv] > max_len ? w->len[nv] : max_len;
     }
+    c->nv = nv;
+    c->max_len = max_len;
+    for (int i = 0; i < nv; i++)
+        c->positions += w->len[i];
+    c->pool = moec_pool_new(w->threads);
+    c->nt = c->pool ? moec_pool_size(c->pool) : 1;
+    c->fp_sel = malloc((size_t)(nv > 0 ? nv : 1) * max_len * c->k * sizeof *c->fp_sel);
+    c->acc = malloc((size_t)c->nt * max_len * c->d * sizeof *c->acc);
+    moec_status st = MOEC_OK;
+    if (!c->pool || !c->fp_sel || !c->acc)
+        st = moec_err_set(err, MOEC_ERR_NOMEM, "verify: out of memory");
     moec_exec_opts eo = MOEC_EXEC_OPTS_DEFAULT;
     eo.threads = w->threads;
-    eo.max_ctx = w->max_len;
-    if ((st = moec_exec_new(&ex_fp, src, &eo, err)))
-        goto done;
-    eo.act_bits = w->act_bits;
-    if ((st = moec_exec_new(&ex_q, work, &eo, err)))
-        goto done;
-    moec_exec_set_moe_hook(ex_fp, verify_hook, &c);
-    moec_exec_set_moe_hook(ex_q, verify_hook, &c);
-    int64_t done_tok = 0, positions = 0, same = 0;
-    double kl_sum = 0.0;
-    for (int i = 0; i < w->n && !st; i++) {
-        if (max_tokens > 0 && done_tok >= max_tokens)
-            break;
-        const int n = w->len[i];
-        const int32_t *ids = w->ids + w->start[i];
-        c.original_run = true;
-        memset(c.pos, 0, (size_t)NL * sizeof *c.pos);
-        moec_exec_reset(ex_fp);
-        if ((st = moec_exec_forward(ex_fp, ids, n, lp, true, err)))
-            break;
-        c.original_run = false;
-        memset(c.pos, 0, (size_t)NL * sizeof *c.pos);
-        moec_exec_reset(ex_q);
-        st = moec_exec_forward(ex_q, ids, n, lq, true, err);
-        if (!st && c.hs.st) {
-            *err = c.hs.err;
-            st = c.hs.st;
-        }
-        if (st)
-            break;
-        for (int p = 0; p < n; p++) {
-            bool top;
-            kl_sum += kl_row(lp + (size_t)p * V, lq + (size_t)p * V, V, &top);
-            same += top;
-        }
-        positions += n;
-        done_tok += n;
+    eo.max_ctx = max_len;
+    eo.layer_cache = true;
+    if (!st && nv > 0 && !(st = moec_hstates_new(&c->orig, w->ids, w->len, nv, c->d, err)) &&
+        !(st = moec_exec_new(&c->ex, src, &eo, err)))
+        st = moec_hstates_embed(c->orig, c->ex, err);
+    if (st) {
+        qr_verify_free(c);
+        return st;
+    }
+    *out = c;
+    return MOEC_OK;
+}
+
+moec_status qr_verify_layer(qr_verify *c, moec_pipeline *p, int layer, const float *s, moec_quant_report *rep,
+                            moec_err *err)
+{
+    c->s = s;
+    c->agree = c->err_num = c->err_den = 0.0;
+    memset(&c->hs, 0, sizeof c->hs);
+    moec_status st = MOEC_OK;
+    if (c->nv > 0) {
+        c->original_run = true;
+        moec_exec_set_moe_hook(c->ex, verify_hook, c);
+        st = moec_hstates_run(c->orig, c->ex, layer, true, verify_window, c, err);
+        moec_exec_set_moe_hook(c->ex, NULL, NULL);
+        c->original_run = false;
+    }
+    /* the quantized side is the pipeline's own move through the finished layer */
+    if (!st)
+        st = moec_pipeline_advance(p, layer, verify_hook, NULL, c, verify_window, err);
+    if (!st && c->hs.st) {
+        *err = c->hs.err;
+        st = c->hs.st;
     }
     if (st)
-        goto done;
-    rep->verify_tokens = positions;
-    rep->verify_kld = positions ? kl_sum / (double)positions : NAN;
-    rep->verify_top1 = positions ? (double)same / (double)positions : NAN;
-    for (int l = 0; l < NL && l < rep->n_layers; l++) {
-        if (cfg->layer_experts[l] == 0)
-            continue;
-        rep->layers[l].router_agree = positions ? c.agree[l] / (double)positions : NAN;
-        rep->layers[l].block_err = c.err_den[l] > 0 ? c.err_num[l] / c.err_den[l] : NAN;
+        return moec_err_prefix(err, "layer %d verify", layer);
+    if (c->src->cfg.layer_experts[layer] > 0 && layer < rep->n_layers) {
+        rep->layers[layer].router_agree = c->positions ? c->agree / (double)c->positions : NAN;
+        rep->layers[layer].block_err = c->err_den > 0 ? c->err_num / c->err_den : NAN;
     }
-done:
-    moec_exec_free(ex_fp);
-    moec_exec_free(ex_q);
-    moec_pool_free(c.pool);
-    free(c.fp_sel), free(c.agree), free(c.pos), free(c.err_num), free(c.err_den), free(c.acc), free(lp), free(lq);
-    return st;
+    return MOEC_OK;
+}
+
+moec_status qr_verify_finish(qr_verify *c, moec_pipeline *p, moec_quant_report *rep, moec_err *err)
+{
+    const int V = c->src->cfg.vocab_size;
+    float *lp = malloc((size_t)c->max_len * V * sizeof *lp), *lq = malloc((size_t)c->max_len * V * sizeof *lq);
+    moec_status st = MOEC_OK;
+    if (!lp || !lq)
+        st = moec_err_set(err, MOEC_ERR_NOMEM, "verify: out of memory for the logits");
+    int64_t same = 0;
+    double kl_sum = 0.0;
+    for (int i = 0; i < c->nv && !st; i++) {
+        if ((st = moec_hstates_logits(c->orig, c->ex, i, lp, err)) || (st = moec_pipeline_logits(p, i, lq, err)))
+            break;
+        for (int q = 0; q < c->orig->len[i]; q++) {
+            bool top;
+            kl_sum += kl_row(lp + (size_t)q * V, lq + (size_t)q * V, V, &top);
+            same += top;
+        }
+    }
+    free(lp), free(lq);
+    if (st)
+        return moec_err_prefix(err, "verify");
+    rep->verify_tokens = c->positions;
+    rep->verify_kld = c->positions ? kl_sum / (double)c->positions : NAN;
+    rep->verify_top1 = c->positions ? (double)same / (double)c->positions : NAN;
+    return MOEC_OK;
 }

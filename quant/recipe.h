@@ -16,12 +16,24 @@
  * run layer by layer, as the GPTQ reference does: the Hessians of layer L
  * are built from calibration tokens run through the model whose layers
  * before L (and, within layer L, the projections quantized before) are
- * already quantized. The passes use a working model whose quantized
- * weights are views of the output's packed tensors, run by the executor's
- * quantized kernels (quant_hessians.c documents every pass). Per layer:
+ * already quantized. The model is walked on the layer-streaming pipeline
+ * (lib/pipeline): the calibration windows' hidden states are kept at the
+ * current layer's input, so a pass runs that one layer, and after the
+ * layer is done they move on through it. The passes use a working model
+ * whose quantized weights are views of the output's packed tensors, run
+ * by the executor's quantized kernels (quant_hessians.c documents every
+ * pass). Per layer:
  *   A  (attn + GPTQ)  Σ xxᵀ of the q/k/v input and Σ aaᵀ of the o_proj input
  *                     (o_proj's from the same pass: q/k/v of that layer are
  *                     still full precision then, as in the textbook GPTQ);
+ *   MoE blocks without EAQuant smoothing or MC-MoE (quant_experts.c): one
+ *                     pass records the block's inputs and routing, then each
+ *                     expert in turn gets Σ xxᵀ over its routed tokens (plus
+ *                     EAQuant calibration balance tokens), w1/w3, Σ uuᵀ of
+ *                     u = silu(Ŵ1 x) ⊙ (Ŵ3 x) through its quantized W1/W3,
+ *                     w2; the shared expert the same over all tokens;
+ *   MoE blocks with smoothing or MC-MoE (quant_moe.c), whose choices need
+ *                     every expert of the layer at once:
  *   M1 (experts)      per expert Σ xxᵀ over its routed tokens, plus EAQuant
  *                     calibration balance tokens; the shared expert's over
  *                     all tokens; channel maxima and a token sample for
@@ -30,18 +42,20 @@
  *   M2 (MC-MoE)       ε[e][b] = Σ over e's routed tokens of ‖y_e − ŷ_e,b‖²;
  *   M3 (GPTQ)         per expert Σ uuᵀ of u = silu(Ŵ1 x) ⊙ (Ŵ3 x) computed
  *                     with the already quantized W1/W3, for W2.
- * A last "verify" pass compares the quantized working model with the
- * original on calibration windows (KL, top-1, per-layer routing agreement
- * and block output error) for the report.
+ * Both MoE paths give the same tensors where both apply. The "verify"
+ * comparison of the quantized working model with the original on
+ * calibration windows (KL, top-1, per-layer routing agreement and block
+ * output error) runs layer by layer beside them (quant_verify.c).
  *
- * Memory: the source checkpoint (mmap'd), the output's packed tensors
- * (shared with the working model), one layer's Hessians in double
- * (E·(d² + f²) for the experts), its float weight copies and the
- * calibration activations of one layer. No quantized weight is held in
- * float beyond its own layer: on mixtral-tiny peak RSS fell from 163 to
- * 105 MB when the working model stopped keeping F32 copies (GPTQ 4-bit,
- * 32,768 calibration tokens). For Mixtral-8x7B the W2 Hessians dominate:
- * E·f² doubles, about 13 GB per layer.
+ * Memory (moec_quant_model_to streaming into a container): the source
+ * layer being read (each expert's pages released once it is done), the
+ * calibration hidden states (tokens x hidden floats, twice with verify)
+ * and one layer's recorded block inputs, the layer's packed output until
+ * it is written, and per worker one expert's float weights and Hessians,
+ * each factored in its own memory (Mixtral-8x7B's W2: one 14336² double
+ * matrix, 1.6 GB, per worker). The smoothing / MC-MoE path holds the
+ * layer's Hessians in double (E·(d² + f²): about 13 GB for a Mixtral-8x7B
+ * layer) and float copies of its experts.
  *
  * GPTQ: damping 1% of the mean Hessian diagonal (retried x10 on failure,
  * reported), blocks of 128, optional act-order, groups in column order.
@@ -218,6 +232,18 @@ typedef void (*moec_quant_progress)(void *ctx, const char *stage, int layer, int
 moec_status moec_quant_model(const moec_model *src, const moec_quant_calib *cal, const moec_quant_recipe *r,
                              moec_model **out, moec_quant_report *rep, moec_quant_progress progress,
                              void *progress_ctx, moec_err *err);
+
+/* The same, streamed: the model is quantized one layer at a time on the
+ * layer-streaming pipeline (lib/pipeline), and each finished part goes to
+ * sink (model_sink.h, e.g. a .moec container) and leaves memory, with the
+ * source's pages of the part, so a checkpoint larger than memory can be
+ * quantized. *out then holds the config, tokenizer and side files but no
+ * tensors of the layers; finish the sink with it and the report
+ * (moec_model_sink_finish). With sink NULL this is moec_quant_model. */
+struct moec_model_sink;
+moec_status moec_quant_model_to(const moec_model *src, const moec_quant_calib *cal, const moec_quant_recipe *r,
+                                struct moec_model_sink *sink, moec_model **out, moec_quant_report *rep,
+                                moec_quant_progress progress, void *progress_ctx, moec_err *err);
 
 /* Checks a recipe's ranges and combinations; `cal_has_windows` says whether
  * calibration tokens will be given. */

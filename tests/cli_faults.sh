@@ -217,6 +217,12 @@ for t in $tools; do
     kill -INT "$pid"
     wait "$pid"
     st=$?
+    # the tool may have finished between the sight of its temporary and the
+    # signal: then it exits 0 with the complete new output in place
+    if [ "$st" -eq 0 ] && [ "$(digest "$out")" = "$(digest "$tmp/ref/$t")" ] && [ -z "$(leftovers "$out")" ]; then
+      ok
+      continue
+    fi
     ints=$((ints + 1))
     if [ "$st" -ne 130 ]; then
       fail "$t SIGINT: exit $st, expected death by SIGINT (130)"; cat "$tmp/err"

@@ -99,7 +99,7 @@ for p in 8bit 4bit 4bit-rtn 3bit mix2.5 mix2.0; do
 done
 expect 0 "quant --list-presets --json" -- "$bin/moec-quant" --list-presets --json
 [ "$(jsonget "$tmp/out" presets 1 name)" = 4bit ] || { echo "FAIL: --list-presets --json"; fails=$((fails + 1)); }
-expect_clean 2 "quant unknown preset" "$out" -- "${q[@]}" --preset Q4_K_M -o "$out/x.moec"
+expect_clean 2 "quant unknown preset" "$out" -- "${q[@]}" --preset Q9_X -o "$out/x.moec"
 expect_clean 2 "quant gptq preset without text" "$out" -- "${q[@]}" --preset 4bit -o "$out/x.moec"
 grep -q -- "--preset 4bit (GPTQ) needs --text" "$tmp/err" || { echo "FAIL: preset without text: $(cat "$tmp/err")"; fails=$((fails + 1)); }
 expect_clean 2 "quant neither --bits nor --preset" "$out" -- "${q[@]}" -o "$out/x.moec"

@@ -135,6 +135,48 @@ static void test_bad_tokens_and_overflow(void **state)
     moec_model_close(m);
 }
 
+/* Layer at a time (embed, each layer, head) equals the whole forward pass
+ * bit for bit, a window longer than MOEC_EXEC_CHUNK included, with a
+ * one-layer KV cache; such an executor refuses whole forwards. */
+static void check_layerwise(const char *model_dir, int n)
+{
+    moec_err err = {0};
+    moec_model *m;
+    assert_int_equal(moec_model_open(&m, tu_src(model_dir), &err), MOEC_OK);
+    const int V = m->cfg.vocab_size, d = m->cfg.hidden_size;
+    int32_t *ids = malloc((size_t)n * sizeof *ids);
+    for (int i = 0; i < n; i++)
+        ids[i] = (int32_t)(tu_urand() % (uint32_t)V);
+    float *want = malloc((size_t)n * V * sizeof(float)), *got = malloc((size_t)n * V * sizeof(float));
+    float *x = malloc((size_t)n * d * sizeof(float));
+    moec_exec *ex, *lx;
+    moec_exec_opts o = {.threads = 2, .max_ctx = n};
+    assert_int_equal(moec_exec_new(&ex, m, &o, &err), MOEC_OK);
+    o.layer_cache = true;
+    assert_int_equal(moec_exec_new(&lx, m, &o, &err), MOEC_OK);
+    assert_int_equal(moec_exec_forward(ex, ids, n, want, true, &err), MOEC_OK);
+    assert_int_equal(moec_exec_forward(lx, ids, n, got, true, &err), MOEC_ERR_ARG);
+    assert_int_equal(moec_exec_embed(lx, ids, n, x, &err), MOEC_OK);
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        assert_int_equal(moec_exec_layer(lx, l, 0, x, n, &err), MOEC_OK);
+    assert_int_equal(moec_exec_head(lx, x, n, got, &err), MOEC_OK);
+    assert_memory_equal(want, got, (size_t)n * V * sizeof(float));
+    assert_int_equal(moec_exec_layer(lx, m->cfg.n_layers, 0, x, n, &err), MOEC_ERR_ARG);
+    assert_int_equal(moec_exec_layer(lx, 0, 1, x, n, &err), MOEC_ERR_ARG); /* past the context */
+    moec_exec_free(ex);
+    moec_exec_free(lx);
+    free(ids), free(want), free(got), free(x);
+    moec_model_close(m);
+}
+
+static void test_layerwise(void **state)
+{
+    (void)state;
+    check_layerwise("models/mixtral-tiny", MOEC_EXEC_CHUNK + 77);
+    check_layerwise("tests/fixtures/qwen2moe-random", 100);
+    check_layerwise("tests/fixtures/qwen3moe-random", 64);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -142,6 +184,7 @@ int main(void)
         cmocka_unit_test(test_qwen2moe),
         cmocka_unit_test(test_qwen3moe),
         cmocka_unit_test(test_bad_tokens_and_overflow),
+        cmocka_unit_test(test_layerwise),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -372,6 +372,68 @@ static void test_gptq_damping_retry(void **state)
     assert_null(q.codes);
 }
 
+/* The factor built in the Hessian's own memory quantizes bit for bit as the
+ * copying one: plain, with act-order (a copy after all), after damping
+ * retries (H restored from its mirror), and with a dead column. */
+static bool same_q(const moec_qmatrix *a, const moec_qmatrix *b)
+{
+    return a->f.codes_bytes == b->f.codes_bytes && !memcmp(a->f.codes, b->f.codes, a->f.codes_bytes) &&
+           !memcmp(a->f.scales, b->f.scales, a->f.scales_bytes) &&
+           (a->f.symmetric || !memcmp(a->f.zeros, b->f.zeros, a->f.zeros_bytes));
+}
+
+static void check_from(const double *H, int64_t n, const float *W, int64_t rows, int64_t cols,
+                       moec_gptq_opts o, int want_retries)
+{
+    moec_err err;
+    moec_gptq_hinv *a, *b;
+    moec_gptq_report ra, rb;
+    assert_int_equal(moec_gptq_hinv_new(H, cols, n, &o, "w", &a, &ra, &err), MOEC_OK);
+    double *Hc = malloc(sizeof(double) * cols * cols);
+    memcpy(Hc, H, sizeof(double) * cols * cols);
+    assert_int_equal(moec_gptq_hinv_from(Hc, cols, n, &o, "w", &b, &rb, &err), MOEC_OK); /* takes Hc */
+    assert_int_equal(ra.retries, rb.retries);
+    assert_true(ra.retries >= want_retries);
+    assert_true(ra.damp == rb.damp);
+    moec_qmatrix qa, qb;
+    assert_int_equal(moec_gptq_quantize_with(W, rows, cols, a, &o, "w", &qa, NULL, &err), MOEC_OK);
+    assert_int_equal(moec_gptq_quantize_with(W, rows, cols, b, &o, "w", &qb, NULL, &err), MOEC_OK);
+    assert_true(same_q(&qa, &qb));
+    moec_qmatrix_free(&qa), moec_qmatrix_free(&qb);
+    moec_gptq_hinv_free(a), moec_gptq_hinv_free(b);
+}
+
+static void test_gptq_hinv_in_place(void **state)
+{
+    (void)state;
+    const int64_t n = 300, rows = 7, cols = 72;
+    float *X = correlated_inputs(n, cols, 6, 0.1f);
+    for (int64_t t = 0; t < n; t++)
+        X[t * cols + 5] = 0.0f;
+    float *W = random_weights(rows, cols);
+    double *H = hessian(X, n, cols);
+    moec_gptq_opts o = MOEC_GPTQ_OPTS_DEFAULT;
+    o.q.bits = 3;
+    o.q.group = 32;
+    check_from(H, n, W, rows, cols, o, 0);
+    o.act_order = true;
+    check_from(H, n, W, rows, cols, o, 0);
+    /* indefinite: needs damping retries */
+    const double Hi[4] = {1.0, 10.0, 0.0, 1.0};
+    const float Wi[4] = {0.5f, -0.25f, 0.125f, 1.0f};
+    o = MOEC_GPTQ_OPTS_DEFAULT;
+    check_from(Hi, 2, Wi, 2, 2, o, 1);
+    /* a failure frees H and says why */
+    moec_err err;
+    moec_gptq_hinv *h;
+    double *Hf = malloc(sizeof Hi);
+    memcpy(Hf, Hi, sizeof Hi);
+    o.damp_retries = 0;
+    assert_int_equal(moec_gptq_hinv_from(Hf, 2, 2, &o, "x.w2", &h, NULL, &err), MOEC_ERR_NUMERIC);
+    assert_non_null(strstr(err.msg, "x.w2"));
+    free(X), free(W), free(H);
+}
+
 static void test_gptq_bad_input(void **state)
 {
     (void)state;
@@ -415,6 +477,7 @@ int main(void)
         cmocka_unit_test(test_gptq_dead_columns),
         cmocka_unit_test(test_gptq_damping_retry),
         cmocka_unit_test(test_gptq_bad_input),
+        cmocka_unit_test(test_gptq_hinv_in_place),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -23,6 +23,7 @@
 #include "model/model.h"
 #include "model/model_moec.h"
 #include "model/summary.h"
+#include "pipeline/export.h"
 #include "core/qformat.h"
 #include "quant/rtn.h"
 
@@ -129,6 +130,23 @@ typedef struct {
     char names[512][192];
     int n;
 } slot_list;
+
+typedef struct export_progress {
+    int calls;
+    int64_t last_done, last_total;
+    bool ordered;
+    char stage[32];
+} export_progress;
+
+static void count_parts(void *ctx, const char *stage, int64_t done, int64_t total)
+{
+    export_progress *p = ctx;
+    p->ordered = (p->calls == 0 || p->ordered) && done == p->last_done + 1;
+    p->calls++;
+    p->last_done = done;
+    p->last_total = total;
+    snprintf(p->stage, sizeof p->stage, "%s", stage);
+}
 
 static moec_status collect(void *ctx, const moec_slot *s, moec_err *err)
 {
@@ -346,6 +364,83 @@ static void test_export(void **state)
     snprintf(out, sizeof out, "%s/x", dir);
     struct stat sb;
     assert_int_not_equal(stat(out, &sb), 0);
+}
+
+static void section_range(const char *path, const char *tensor, moec_section_kind kind, uint64_t *off,
+                          uint64_t *size);
+
+/* A lazily opened container exported part by part (compressed sections
+ * decoded one part at a time) writes the bytes of the whole-model path;
+ * damage in a tensor that open did not read is caught when its part is
+ * written, and nothing is left behind. */
+static void test_lazy_export(void **state)
+{
+    (void)state;
+    moec_err err = {0};
+    moec_container *c;
+    assert_int_equal(moec_container_open(good, 0, &c, &err), MOEC_OK);
+    int zstd = 0;
+    for (size_t i = 0; i < moec_container_tensor_count(c); i++) {
+        const moec_ctensor_info *t = moec_container_tensor(c, i);
+        for (int k = 0; k < t->n_sections; k++)
+            zstd += t->sections[k].encoding == MOEC_ENCODING_ZSTD;
+    }
+    moec_container_close(c);
+    assert_true(zstd > 0);
+
+    moec_model *full, *ref, *lazy;
+    char a[4300], b[4300];
+    snprintf(a, sizeof a, "%s/ref-f32", dir);
+    snprintf(b, sizeof b, "%s/lazy-f32", dir);
+    assert_int_equal(moec_model_open(&full, good, &err), MOEC_OK);
+    assert_int_equal(moec_model_derive(&ref, full, &err), MOEC_OK);
+    assert_int_equal(moec_model_dequantize(ref, MOEC_DT_F32, NULL, NULL, &err), MOEC_OK);
+    assert_int_equal(moec_model_save_hf(ref, a, 0, false, &err), MOEC_OK);
+    assert_int_equal(moec_model_open_moec_lazy(&lazy, good, &err), MOEC_OK);
+    assert_null(lazy->layers[1].experts[2].w1.data); /* unbound until its part is loaded */
+    assert_int_equal(lazy->layers[1].experts[2].w1.dtype, MOEC_DT_QUANT);
+    moec_export_summary sum;
+    export_progress pr = {0};
+    assert_int_equal(moec_export_hf(lazy, b, MOEC_DT_F32, 0, false, count_parts, &pr, &sum, &err), MOEC_OK);
+    /* one report per part (embedding, layers, head), in order, as dequantizing */
+    assert_int_equal(pr.calls, ref->cfg.n_layers + 2);
+    assert_int_equal(pr.last_done, pr.last_total);
+    assert_int_equal(pr.last_total, ref->cfg.n_layers + 2);
+    assert_true(pr.ordered);
+    assert_string_equal(pr.stage, "dequantizing");
+    assert_int_equal(sum.params, moec_model_params(ref));
+    assert_int_equal(sum.bytes, moec_model_bytes(ref));
+    const char *files[] = {"model.safetensors", "config.json", "tokenizer.json"};
+    for (int i = 0; i < 3; i++) {
+        char pa[4400], pb[4400];
+        snprintf(pa, sizeof pa, "%s/%s", a, files[i]);
+        snprintf(pb, sizeof pb, "%s/%s", b, files[i]);
+        size_t na, nb;
+        char *x = tu_read_file(pa, &na), *y = tu_read_file(pb, &nb);
+        assert_int_equal(na, nb);
+        assert_memory_equal(x, y, na);
+        free(x), free(y);
+    }
+    moec_model_close(lazy);
+    moec_model_close(ref);
+    moec_model_close(full);
+
+    size_t size;
+    char *bytes = tu_read_file(good, &size);
+    uint64_t off = 0, len = 0;
+    section_range(good, "model.layers.1.mlp.experts.5.down_proj.weight", MOEC_SECTION_CODES, &off, &len);
+    bytes[off + len / 2] ^= 0x10;
+    char bad[4300], out[4300];
+    snprintf(bad, sizeof bad, "%s/bad-lazy.moec", dir);
+    snprintf(out, sizeof out, "%s/bad-export", dir);
+    tu_write_file(bad, bytes, size);
+    free(bytes);
+    assert_int_equal(moec_model_open_moec_lazy(&lazy, bad, &err), MOEC_OK);
+    assert_int_not_equal(moec_export_hf(lazy, out, MOEC_DT_BF16, 0, false, NULL, NULL, NULL, &err), MOEC_OK);
+    assert_non_null(strstr(err.msg, "model.layers.1.mlp.experts.5.down_proj.weight"));
+    struct stat sb;
+    assert_int_not_equal(stat(out, &sb), 0);
+    moec_model_close(lazy);
 }
 
 /* ---- damaged and inconsistent containers ---- */
@@ -585,7 +680,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_roundtrip),    cmocka_unit_test(test_uncompressed), cmocka_unit_test(test_summary),
         cmocka_unit_test(test_export),       cmocka_unit_test(test_corrupt),      cmocka_unit_test(test_inconsistent),
-        cmocka_unit_test(test_bad_calls),    cmocka_unit_test(test_act_bits),
+        cmocka_unit_test(test_bad_calls),    cmocka_unit_test(test_act_bits),     cmocka_unit_test(test_lazy_export),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

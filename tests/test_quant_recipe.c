@@ -178,7 +178,7 @@ static void test_rtn_vs_gptq(void **state)
     if (m->cfg.shared_ffn)
         assert_int_equal(qg->layers[0].shared.w2.dtype, MOEC_DT_QUANT);
     assert_int_equal(rg->rtn_fallbacks, 0);
-    assert_true(rg->passes >= 2 * m->cfg.n_layers);
+    assert_int_equal(rg->passes, m->cfg.n_layers + 1); /* one per MoE layer (w2 from its recorded inputs), verify */
     assert_true(rg->quant_bpw > 3.0 && rg->quant_bpw < 4.5);
     assert_true(fabs(rg->avg_expert_bits - 3.0) < 1e-12);
 
@@ -524,11 +524,74 @@ static void test_recipe_errors(void **state)
     moec_model_close(m);
 }
 
+/* The two ways through an MoE layer agree: uniform GPTQ goes expert by
+ * expert from one recorded pass (quant_experts.c), MC-MoE with a single
+ * width through the whole-layer passes (quant_moe.c); with one width the
+ * program has one answer, so every tensor must be the same, bit for bit. */
+typedef struct slot_list {
+    const moec_tensor *t[4096];
+    int n;
+} slot_list;
+
+static moec_status list_slot(void *vctx, const moec_slot *s, moec_err *err)
+{
+    (void)err;
+    slot_list *l = vctx;
+    assert_true(l->n < 4096);
+    l->t[l->n++] = s->t;
+    return MOEC_OK;
+}
+
+static void test_expert_paths_agree(void **state)
+{
+    qrun t;
+    qrun_open(&t, *state, 1024);
+    moec_quant_recipe r = recipe(MOEC_QMETHOD_GPTQ, 3);
+    r.threads = 2;
+    r.verify_tokens = 0;
+    qrun_quantize(&t, &r);
+    moec_quant_recipe rm = r;
+    rm.avg_bits = 3;
+    rm.n_choices = 1;
+    rm.choices[0] = 3;
+    rm.alloc = MOEC_QALLOC_MCMOE;
+    moec_model *qm;
+    moec_quant_report repm;
+    quantize(t.m, &t.c, &rm, &qm, &repm);
+    static slot_list a, b;
+    a.n = b.n = 0;
+    moec_model_for_each_slot(t.q, list_slot, &a, NULL);
+    moec_model_for_each_slot(qm, list_slot, &b, NULL);
+    assert_int_equal(a.n, b.n);
+    int quantized = 0;
+    for (int i = 0; i < a.n; i++) {
+        const moec_tensor *x = a.t[i], *y = b.t[i];
+        assert_int_equal(x->dtype, y->dtype);
+        if (x->dtype != MOEC_DT_QUANT) {
+            assert_memory_equal(x->data, y->data, x->nbytes);
+            continue;
+        }
+        quantized++;
+        assert_int_equal(x->q->codes_bytes, y->q->codes_bytes);
+        assert_memory_equal(x->q->codes, y->q->codes, x->q->codes_bytes);
+        assert_memory_equal(x->q->scales, y->q->scales, x->q->scales_bytes);
+        if (!x->q->symmetric)
+            assert_memory_equal(x->q->zeros, y->q->zeros, x->q->zeros_bytes);
+    }
+    assert_true(quantized > 0);
+    assert_int_equal(t.rep.rtn_fallbacks, repm.rtn_fallbacks);
+    moec_quant_report_free(&repm);
+    moec_model_close(qm);
+    qrun_close(&t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         TU_TEST_ON("test_rtn_gptq_qwen3", test_rtn_vs_gptq, QWEN3),
         TU_TEST_ON("test_rtn_gptq_qwen2", test_rtn_vs_gptq, QWEN2),
+        TU_TEST_ON("test_expert_paths_qwen3", test_expert_paths_agree, QWEN3),
+        TU_TEST_ON("test_expert_paths_qwen2", test_expert_paths_agree, QWEN2),
         cmocka_unit_test(test_mcmoe_constructed),  cmocka_unit_test(test_mcmoe_recipe),
         TU_TEST_ON("test_smoothing_qwen3", test_smoothing_invariance, QWEN3),
         TU_TEST_ON("test_smoothing_qwen2", test_smoothing_invariance, QWEN2),

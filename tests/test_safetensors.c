@@ -671,6 +671,67 @@ static void test_index_in_memory(void **state)
     free(b);
 }
 
+/* Streamed in reverse order, tensors announced without data: the same
+ * bytes as moec_st_writer_write; an unfinished or incomplete stream leaves
+ * nothing behind. */
+static void test_streamed_write(void **state)
+{
+    (void)state;
+    moec_err err;
+    static float data[6][250];
+    char names[6][32];
+    moec_st_writer *ref = moec_st_writer_new(), *w = moec_st_writer_new();
+    for (int k = 0; k < 6; k++) {
+        for (int i = 0; i < 250; i++)
+            data[k][i] = (float)(k * 1000 + i);
+        snprintf(names[k], sizeof names[k], "layer.%d.weight", k);
+        moec_tensor t = view(MOEC_DT_F32, 2, (int64_t[]){10, 25}, data[k]);
+        assert_int_equal(moec_st_writer_add(ref, names[k], &t, &err), MOEC_OK);
+        t.data = NULL;
+        assert_int_equal(moec_st_writer_add(w, names[k], &t, &err), MOEC_OK);
+    }
+    const char *a = tu_tmpdir(), *b = tu_tmpdir();
+    assert_int_equal(moec_st_writer_write(ref, a, 2500, &err), MOEC_OK);
+    /* without data, the one-shot write refuses */
+    assert_int_equal(moec_st_writer_write(w, b, 2500, &err), MOEC_ERR_ARG);
+    assert_int_equal(tu_count_dir_entries(b), 0);
+    assert_int_equal(moec_st_writer_begin(w, b, 2500, &err), MOEC_OK);
+    moec_tensor t = view(MOEC_DT_F32, 2, (int64_t[]){10, 25}, data[5]);
+    moec_tensor wrong = view(MOEC_DT_F32, 2, (int64_t[]){25, 10}, data[5]);
+    assert_int_equal(moec_st_writer_put(w, names[5], &wrong, &err), MOEC_ERR_ARG);
+    assert_int_equal(moec_st_writer_put(w, "no.such", &t, &err), MOEC_ERR_ARG);
+    assert_int_equal(moec_st_writer_add(w, "late", &t, &err), MOEC_ERR_ARG);
+    for (int k = 5; k >= 0; k--) {
+        t.data = data[k];
+        assert_int_equal(moec_st_writer_put(w, names[k], &t, &err), MOEC_OK);
+    }
+    assert_int_equal(moec_st_writer_put(w, names[0], &t, &err), MOEC_ERR_ARG); /* twice */
+    assert_int_equal(moec_st_writer_finish(w, &err), MOEC_OK);
+    const char *files[] = {"model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors",
+                           "model-00003-of-00003.safetensors", "model.safetensors.index.json"};
+    for (int i = 0; i < 4; i++) {
+        size_t na, nb;
+        char *x = tu_read_file(join(a, files[i]), &na), *y = tu_read_file(join(b, files[i]), &nb);
+        assert_int_equal(na, nb);
+        assert_memory_equal(x, y, na);
+        free(x), free(y);
+    }
+    assert_int_equal(tu_count_dir_entries(b), 4);
+
+    /* a stream missing a tensor fails at finish; freeing one mid-way removes its files */
+    const char *c = tu_tmpdir(), *d = tu_tmpdir();
+    assert_int_equal(moec_st_writer_begin(w, c, 0, &err), MOEC_OK);
+    assert_int_equal(moec_st_writer_put(w, names[2], &t, &err), MOEC_OK);
+    assert_int_equal(moec_st_writer_finish(w, &err), MOEC_ERR_ARG);
+    assert_non_null(strstr(err.msg, "never written"));
+    assert_int_equal(tu_count_dir_entries(c), 0);
+    assert_int_equal(moec_st_writer_begin(w, d, 0, &err), MOEC_OK);
+    assert_int_equal(tu_count_dir_entries(d), 1);
+    moec_st_writer_free(w);
+    assert_int_equal(tu_count_dir_entries(d), 0);
+    moec_st_writer_free(ref);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -686,6 +747,7 @@ int main(void)
         cmocka_unit_test(test_writer_rejects),
         cmocka_unit_test(test_failed_write_leaves_nothing),
         cmocka_unit_test(test_index_in_memory),
+        cmocka_unit_test(test_streamed_write),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

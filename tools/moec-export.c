@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli.h"
 #include "core/ggml_blocks.h"
@@ -12,17 +13,10 @@
 #include "formats/gguf_export.h"
 #include "model/model.h"
 #include "model/model_moec.h"
+#include "pipeline/export.h"
 
 /* HF shards above this size, as transformers' save_pretrained does (5 GB). */
 #define SHARD_BYTES ((size_t)5000000000u)
-
-static moec_status count_quant(void *ctx, const moec_slot *s, moec_err *err)
-{
-    (void)err;
-    if (moec_tensor_present(s->t) && s->t->dtype == MOEC_DT_QUANT)
-        ++*(int64_t *)ctx;
-    return MOEC_OK;
-}
 
 /* The model's HF config.json text with torch_dtype set to the export dtype. */
 static char *with_torch_dtype(const moec_model *m, const char *torch_dtype)
@@ -147,8 +141,8 @@ int main(int argc, char **argv)
         .operand_help = "model container written by moec (an HF checkpoint directory works too)",
         .operand_dest = &src_path,
         .opts = opts,
-        .epilog = "--force replaces only an empty directory or one holding a model. Memory: the dequantized "
-                  "tensors are held in memory until written (the size of the export).",
+        .epilog = "--force replaces only an empty directory or one holding a model. Memory: one "
+                  "tensor is dequantized at a time and each layer leaves memory once written.",
     };
     cli_parse(&tool, argc, argv);
     if (gguf)
@@ -165,22 +159,24 @@ int main(int argc, char **argv)
     const moec_dtype dtype = dtype_of[dtype_i];
 
     moec_err err = {0};
-    moec_model *src = cli_open_model(src_path);
-    cli_check_not_input(src, out);
-    moec_model *m;
-    if (moec_model_derive(&m, src, &err))
-        cli_die_err(&err);
-    int64_t n_quant = 0;
-    moec_model_for_each_slot(m, count_quant, &n_quant, NULL);
-    if (moec_model_dequantize(m, dtype, cli_stage_progress, "tensors", &err))
-        cli_die_err(&err);
+    /* a container is read a layer at a time; a directory is mmap'd anyway */
+    struct stat sb;
+    moec_model *m = NULL;
+    if (stat(src_path, &sb) == 0 && S_ISREG(sb.st_mode)) {
+        if (moec_model_open_moec_lazy(&m, src_path, &err))
+            cli_die_err(&err);
+    } else {
+        m = cli_open_model(src_path);
+    }
+    cli_check_not_input(m, out);
     char *config = with_torch_dtype(m, torch_dtype);
     free(m->config_json);
     m->config_json = config;
-    cli_progress("writing", out, 0, 0, NULL);
-    if (moec_model_save_hf(m, out, SHARD_BYTES, force, &err))
+    moec_export_summary sum;
+    if (moec_export_hf(m, out, dtype, SHARD_BYTES, force, cli_stage_progress, "parts", &sum, &err))
         cli_die_err(&err);
     cli_progress_done();
+    const int64_t n_quant = sum.quantized_tensors;
     if (json) {
         cJSON *o = cJSON_CreateObject();
         if (!o)
@@ -189,8 +185,8 @@ int main(int argc, char **argv)
         cJSON_AddStringToObject(o, "output", out);
         cJSON_AddStringToObject(o, "dtype", dtype_name);
         cJSON_AddNumberToObject(o, "dequantized_tensors", (double)n_quant);
-        cJSON_AddNumberToObject(o, "params_total", (double)moec_model_params(m));
-        cJSON_AddNumberToObject(o, "weight_bytes", (double)moec_model_bytes(m));
+        cJSON_AddNumberToObject(o, "params_total", (double)sum.params);
+        cJSON_AddNumberToObject(o, "weight_bytes", (double)sum.bytes);
         cli_json_add_version(o);
         cli_print_json(o);
         cJSON_Delete(o);
@@ -198,6 +194,5 @@ int main(int argc, char **argv)
         printf("wrote %s (%lld quantized tensors dequantized to %s)\n", out, (long long)n_quant, dtype_name);
     }
     moec_model_close(m);
-    moec_model_close(src);
     return CLI_EXIT_OK;
 }

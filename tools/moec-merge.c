@@ -24,7 +24,7 @@ static cJSON *doubles(const double *v, int n)
 }
 
 static cJSON *report_json(const moec_merge_report *r, const moec_merge_opts *o, const char *model,
-                          const char *outdir, double calib_s, double save_s, double total_s)
+                          const char *outdir, double calib_s, double total_s)
 {
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "model", model);
@@ -47,7 +47,6 @@ static cJSON *report_json(const moec_merge_report *r, const moec_merge_opts *o, 
     cJSON_AddNumberToObject(j, "seconds_calibration", calib_s);
     cJSON_AddNumberToObject(j, "seconds_cluster", r->seconds_cluster);
     cJSON_AddNumberToObject(j, "seconds_merge", r->seconds_merge);
-    cJSON_AddNumberToObject(j, "seconds_save", save_s);
     cJSON_AddNumberToObject(j, "seconds", total_s);
     cJSON *layers = cJSON_AddArrayToObject(j, "layers");
     for (int i = 0; i < r->n_layers; i++) {
@@ -237,19 +236,18 @@ int main(int argc, char **argv)
     }
 
     mo.progress = cli_merge_progress;
+    /* written layer by layer while it is merged: the writing is in seconds_merge */
+    mo.out_dir = out;
+    mo.overwrite = force;
     moec_model *merged;
     moec_merge_report rep;
     if (moec_merge_model(m, stats, &mo, &merged, &rep, &err))
         cli_die_err(&err);
-    const double ts = cli_seconds();
-    cli_progress("writing", out, 0, 0, NULL);
-    if (moec_model_save_hf(merged, out, 0, force, &err))
-        cli_die_err(&err);
     cli_progress_done();
-    const double save_s = cli_seconds() - ts, total_s = cli_seconds() - t0;
+    const double total_s = cli_seconds() - t0;
 
     if (json) {
-        cJSON *j = report_json(&rep, &mo, model_path, out, calib_s, save_s, total_s);
+        cJSON *j = report_json(&rep, &mo, model_path, out, calib_s, total_s);
         if (!j)
             cli_die("out of memory");
         cli_json_add_version(j);

@@ -254,6 +254,9 @@ int main(int argc, char **argv)
     }
     po.domains = domains.v;
     po.n_domains = n_domains;
+    /* written layer by layer while it is built */
+    po.out_dir = out;
+    po.overwrite = force;
 
     moec_prune_report rep;
     moec_model *res = NULL;
@@ -268,10 +271,6 @@ int main(int argc, char **argv)
         st = moec_prune_freq(m, stats[0], &po, &res, &rep, &err);
     if (st)
         cli_die_err(&err);
-    cli_progress("writing", out, 0, 0, NULL);
-    if (moec_model_save_hf(res, out, 0, force, &err))
-        cli_die_err(&err);
-    cli_progress_done();
 
     if (json) {
         cJSON *j = moec_prune_report_json(&rep);

@@ -16,6 +16,7 @@
 #include "core/ggml_blocks.h"
 #include "quant/gguf_presets.h"
 #include "quant/presets.h"
+#include "model/model_sink.h"
 #include "quant/recipe.h"
 #include "tokenizer/tokenizer.h"
 
@@ -496,10 +497,17 @@ int main(int argc, char **argv)
         r.gplan = &plan;
     }
 
+    /* written layer by layer as the model is quantized; the report comes last */
+    moec_model_sink *sink = NULL;
+    moec_moec_save_opts so = MOEC_MOEC_SAVE_OPTS_DEFAULT;
+    if (moec_model_sink_moec_new(&sink, m, out, &so, &err))
+        cli_die_err(&err);
     moec_quant_report rep;
     moec_model *q = NULL;
-    if (moec_quant_model(m, &cal, &r, &q, &rep, cli_quant_progress, NULL, &err))
+    if (moec_quant_model_to(m, &cal, &r, sink, &q, &rep, cli_quant_progress, NULL, &err)) {
+        moec_model_sink_free(sink); /* removes the unfinished container */
         cli_die_err(&err);
+    }
     cJSON *j = moec_quant_report_json(&rep, &r);
     if (!j)
         cli_die("out of memory");
@@ -510,15 +518,21 @@ int main(int argc, char **argv)
         cJSON_AddStringToObject(j, "preset", r.gplan->name);
     }
     cli_json_add_version(j);
+    /* the copy stored in the container leaves out the run time, so that the
+     * same command writes the same bytes */
+    cJSON *seconds = cJSON_DetachItemFromObjectCaseSensitive(j, "seconds");
     char *report_text = cJSON_PrintUnformatted(j);
+    if (seconds)
+        cJSON_AddItemToObject(j, "seconds", seconds);
     if (!report_text)
         cli_die("out of memory");
-    moec_moec_save_opts so = MOEC_MOEC_SAVE_OPTS_DEFAULT;
-    so.report_json = report_text;
     cli_progress("writing", out, 0, 0, NULL);
-    if (moec_model_save_moec(q, out, &so, &err))
+    if (moec_model_sink_finish(sink, q, report_text, &err)) {
+        moec_model_sink_free(sink);
         cli_die_err(&err);
+    }
     cli_progress_done();
+    moec_model_sink_free(sink);
     free(report_text);
     struct stat sb;
     if (stat(out, &sb) != 0)

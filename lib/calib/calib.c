@@ -1,6 +1,7 @@
 /* calib.c - the calibration pass: text into windows, windows through the
- * executor, every MoE block's view into moec_stats (see calib.h for what is
- * gathered and why). */
+ * model one layer at a time (lib/pipeline keeps their hidden states between
+ * layers and releases each finished layer's pages), every MoE block's view
+ * into moec_stats (see calib.h for what is gathered and why). */
 #include "calib/calib.h"
 
 #include <cblas.h>
@@ -14,6 +15,7 @@
 #include "core/threadpool.h"
 #include "exec/matmul.h"
 #include "exec/ops.h"
+#include "pipeline/pipeline.h"
 
 /* Largest text file read whole for tokenization. */
 #define MAX_TEXT_BYTES ((size_t)1 << 31)
@@ -310,22 +312,75 @@ static moec_status check_opts(const moec_calib_opts *o, moec_err *err)
     return MOEC_OK;
 }
 
-/* One window from an empty cache; ids were checked against the vocabulary by the executor. */
-static moec_status run_window(collector *c, moec_exec *ex, const int32_t *ids, int n, int domain, moec_err *err)
+/* Windows of a run: their domains (or NULL: -1 each) and the progress
+ * report, seen by the per-window callback. */
+typedef struct walk {
+    collector *c;
+    const int *domain;       /* [n_windows] */
+    const int *len;
+    int n_windows;
+    int layer, n_layers;
+    int64_t tokens;          /* Σ len */
+    int64_t done;            /* tokens of the current layer run so far */
+    moec_calib_progress progress;
+    void *progress_ctx;
+} walk;
+
+/* Before each window: the previous window's hook error, if any, stops the
+ * run; the window's domain is set for the hook. */
+static moec_status on_window(void *ctx, int window, moec_err *err)
 {
-    c->domain = domain;
-    moec_exec_reset(ex);
-    moec_status st = moec_exec_forward(ex, ids, n, NULL, false, err);
-    if (st)
-        return st;
+    walk *w = ctx;
+    collector *c = w->c;
     if (c->st) {
         *err = c->err;
         return c->st;
     }
-    c->s->tokens += n;
-    if (domain >= 0)
-        c->s->domain_tokens[domain] += n;
+    if (window > 0 && w->progress) {
+        w->done += w->len[window - 1];
+        /* layers times tokens, shown as a share of the tokens */
+        w->progress(w->progress_ctx,
+                    (int64_t)(((double)w->layer * (double)w->tokens + (double)w->done) / w->n_layers), w->tokens);
+    }
+    c->domain = w->domain ? w->domain[window] : -1;
     return MOEC_OK;
+}
+
+/* After every layer ran: the token counts (once per window, not per layer). */
+static void count_tokens(walk *w)
+{
+    collector *c = w->c;
+    for (int i = 0; i < w->n_windows; i++) {
+        c->s->tokens += w->len[i];
+        if (w->domain && w->domain[i] >= 0)
+            c->s->domain_tokens[w->domain[i]] += w->len[i];
+    }
+    if (w->progress)
+        w->progress(w->progress_ctx, w->tokens, w->tokens);
+}
+
+/* The hook reads the collector; on_window gets the walk. */
+static void walk_hook(void *ctx, const moec_moe_view *v) { hook(((walk *)ctx)->c, v); }
+
+/* The error the hook recorded during the last window of a run. */
+static moec_status hook_error(const collector *c, moec_err *err)
+{
+    if (c->st)
+        *err = c->err;
+    return c->st;
+}
+
+static moec_status calib_layer(void *ctx, moec_pipeline *p, int layer, moec_err *err)
+{
+    walk *w = ctx;
+    w->layer = layer;
+    w->done = 0;
+    moec_status st = moec_pipeline_advance(p, layer, walk_hook, NULL, w, on_window, err);
+    if (!st)
+        st = hook_error(w->c, err);
+    if (st)
+        moec_err_prefix(err, "layer %d", layer);
+    return st;
 }
 
 moec_status moec_calib_tokens(moec_stats *s, moec_exec *ex, const int32_t *ids, size_t n, int domain,
@@ -347,18 +402,41 @@ moec_status moec_calib_tokens(moec_stats *s, moec_exec *ex, const int32_t *ids, 
                             o->ctx, moec_exec_max_ctx(ex));
     if (o->max_tokens > 0 && (uint64_t)o->max_tokens < n)
         n = (size_t)o->max_tokens;
+    if (n == 0)
+        return MOEC_OK;
+    const int n_win = (int)((n + (size_t)o->ctx - 1) / (size_t)o->ctx);
+    int *len = malloc((size_t)n_win * sizeof *len), *dom = malloc((size_t)n_win * sizeof *dom);
     collector c;
-    if ((st = collector_init(&c, s, m, o, err))) {
-        collector_free(&c);
-        return st;
+    memset(&c, 0, sizeof c);
+    moec_hstates *hs = NULL;
+    if (!len || !dom) {
+        st = moec_err_set(err, MOEC_ERR_NOMEM, "out of memory");
+        goto done;
     }
-    moec_exec_set_moe_hook(ex, hook, &c);
-    for (size_t i = 0; i < n && !st; i += (size_t)o->ctx) {
-        int w = n - i < (size_t)o->ctx ? (int)(n - i) : o->ctx;
-        st = run_window(&c, ex, ids + i, w, domain, err);
+    for (int i = 0; i < n_win; i++) {
+        const size_t at = (size_t)i * (size_t)o->ctx;
+        len[i] = n - at < (size_t)o->ctx ? (int)(n - at) : o->ctx;
+        dom[i] = domain;
+    }
+    if ((st = collector_init(&c, s, m, o, err)) || (st = moec_hstates_new(&hs, ids, len, n_win, m->cfg.hidden_size, err)) ||
+        (st = moec_hstates_embed(hs, ex, err)))
+        goto done;
+    walk w = {.c = &c, .domain = dom, .len = len, .n_windows = n_win, .n_layers = m->cfg.n_layers,
+              .tokens = (int64_t)n};
+    moec_exec_set_moe_hook(ex, walk_hook, &w);
+    for (int l = 0; l < m->cfg.n_layers && !st; l++) {
+        w.layer = l;
+        w.done = 0;
+        if (!(st = moec_hstates_run(hs, ex, l, true, on_window, &w, err)))
+            st = hook_error(&c, err);
     }
     moec_exec_set_moe_hook(ex, NULL, NULL);
+    if (!st)
+        count_tokens(&w);
+done:
+    moec_hstates_free(hs);
     collector_free(&c);
+    free(len), free(dom);
     return st;
 }
 
@@ -494,7 +572,8 @@ moec_status moec_calib_run(const moec_model *m, const moec_tokenizer *tok, const
 
     text *t = calloc((size_t)n_files, sizeof *t);
     moec_stats *s = NULL;
-    moec_exec *ex = NULL;
+    int32_t *ids = NULL;
+    int *wlen = NULL, *wdom = NULL;
     collector c;
     memset(&c, 0, sizeof c);
     if (!t)
@@ -525,29 +604,38 @@ moec_status moec_calib_run(const moec_model *m, const moec_tokenizer *tok, const
         int idx;
         st = moec_stats_add_domain(s, base_name(text_files[f]), &idx, err);
     }
-    moec_exec_opts eo = MOEC_EXEC_OPTS_DEFAULT;
-    eo.threads = o->threads;
-    eo.max_ctx = o->ctx;
-    if (st || (st = moec_exec_new(&ex, m, &eo, err)) || (st = collector_init(&c, s, m, o, err)))
+    /* the windows, round-robin over the files, back to back */
+    int n_win = 0;
+    for (int f = 0; f < n_files; f++)
+        n_win += (int)t[f].n_win;
+    ids = malloc((size_t)(planned > 0 ? planned : 1) * sizeof *ids);
+    wlen = malloc((size_t)(n_win > 0 ? n_win : 1) * sizeof *wlen);
+    wdom = malloc((size_t)(n_win > 0 ? n_win : 1) * sizeof *wdom);
+    if (!st && (!ids || !wlen || !wdom))
+        st = moec_err_set(err, MOEC_ERR_NOMEM, "out of memory");
+    if (st || (st = collector_init(&c, s, m, o, err)))
         goto done;
-    moec_exec_set_moe_hook(ex, hook, &c);
-    int64_t done_tokens = 0;
-    for (size_t r = 0; r < rounds && !st; r++)
-        for (int f = 0; f < n_files && !st; f++) {
+    int k = 0;
+    size_t at = 0;
+    for (size_t r = 0; r < rounds; r++)
+        for (int f = 0; f < n_files; f++) {
             if (r >= t[f].n_win)
                 continue;
-            st = run_window(&c, ex, t[f].ids + t[f].start[r], t[f].len[r], f, err);
-            if (st) {
-                moec_err_prefix(err, "%s", t[f].path);
-                break;
-            }
-            done_tokens += t[f].len[r];
-            if (progress)
-                progress(progress_ctx, done_tokens, planned);
+            memcpy(ids + at, t[f].ids + t[f].start[r], (size_t)t[f].len[r] * sizeof *ids);
+            at += (size_t)t[f].len[r];
+            wlen[k] = t[f].len[r];
+            wdom[k++] = f;
         }
+    walk w = {.c = &c, .domain = wdom, .len = wlen, .n_windows = n_win, .n_layers = m->cfg.n_layers,
+              .tokens = (int64_t)at, .progress = progress, .progress_ctx = progress_ctx};
+    moec_pipeline_opts po = {.ids = ids, .window_len = wlen, .n_windows = n_win, .threads = o->threads,
+                             .run = m, .release_source = true};
+    moec_pipeline_ops ops = {.layer = calib_layer};
+    if (!(st = moec_pipeline_run(m, NULL, &po, &ops, &w, err)))
+        count_tokens(&w);
 done:
     collector_free(&c);
-    moec_exec_free(ex);
+    free(ids), free(wlen), free(wdom);
     for (int f = 0; f < n_files; f++) {
         free(t[f].ids);
         free(t[f].start);

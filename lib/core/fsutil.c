@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -565,4 +566,27 @@ moec_status moec_cleanup_on_signals(moec_err *err)
                                 strerror(errno));
     }
     return MOEC_OK;
+}
+
+void moec_release_pages(const void *p, size_t n)
+{
+    static size_t page;
+    if (!page) {
+        long ps = sysconf(_SC_PAGESIZE);
+        page = ps > 0 ? (size_t)ps : 4096;
+    }
+    if (!p || n < page)
+        return;
+    uintptr_t a = ((uintptr_t)p + page - 1) / page * page, b = ((uintptr_t)p + n) / page * page;
+    if (b > a)
+        madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
+void moec_drop_written(int fd, long long off, long long len)
+{
+    if (fd < 0 || len <= 0)
+        return;
+    sync_file_range(fd, (off_t)off, (off_t)len,
+                    SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
+    posix_fadvise(fd, (off_t)off, (off_t)len, POSIX_FADV_DONTNEED);
 }

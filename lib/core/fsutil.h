@@ -46,6 +46,18 @@ moec_status moec_commit_dir(const char *tmp, const char *out_dir, bool overwrite
  * MOEC_ERR_IO naming path and the parent otherwise. */
 moec_status moec_check_parent_writable(const char *path, moec_err *err);
 
+/* Memory of a streamed checkpoint (lib/pipeline). moec_release_pages tells
+ * the kernel that the whole pages inside [p, p + n) are not needed any
+ * more (madvise MADV_DONTNEED): pages of a read-only file mapping leave the
+ * process's resident set and are read from the file again if touched;
+ * partial pages at either end are kept, so neighbouring data is never
+ * affected. moec_drop_written writes [off, off + len) of an output file to
+ * disk now and drops it from the page cache (sync_file_range, then
+ * posix_fadvise DONTNEED), so finished output does not stay in memory.
+ * Both are advice: failures are ignored. */
+void moec_release_pages(const void *p, size_t n);
+void moec_drop_written(int fd, long long off, long long len);
+
 /* Removes a directory tree written by moec (best effort, no error); also
  * stops tracking path as a temporary. */
 void moec_remove_tree(const char *path);

@@ -21,6 +21,7 @@ struct moec_exec {
     int n_threads;
     int max_ctx;
     int pos;
+    bool layer_cache;     /* moec_exec_opts.layer_cache: the KV cache holds one layer */
     int qdim, kvdim;      /* H*hd, KV*hd */
     int ffn_max;          /* widest FFN intermediate among experts, shared, dense */
 
@@ -49,7 +50,6 @@ struct moec_exec {
     float *ye;            /* [cap*top_k][d] expert outputs */
     float *sgate;         /* [cap] shared-expert gate logits */
     float **scores;       /* per thread: [cap][max_ctx] attention scores */
-    float *hidden_last;   /* [d] */
     int act_bits;         /* moec_exec_opts.act_bits */
     float *aq;            /* act_bits: [max(cap, cap*top_k)][max(d, qdim, ffn_max)] quantized linear inputs */
 
@@ -205,13 +205,13 @@ moec_status moec_exec_new(moec_exec **out, const moec_model *m, const moec_exec_
         ex->ffn_max = c->shared_ffn;
     if (c->dense_ffn > ex->ffn_max)
         ex->ffn_max = c->dense_ffn;
-    size_t kv = (size_t)c->n_layers * (size_t)o.max_ctx * (size_t)ex->kvdim;
+    ex->layer_cache = o.layer_cache;
+    size_t kv = (size_t)(o.layer_cache ? 1 : c->n_layers) * (size_t)o.max_ctx * (size_t)ex->kvdim;
     ex->kcache = malloc(kv * sizeof(float));
     ex->vcache = malloc(kv * sizeof(float));
     ex->rope = malloc((size_t)o.max_ctx * (size_t)c->head_dim * sizeof(float));
-    ex->hidden_last = malloc((size_t)c->hidden_size * sizeof(float));
     ex->pool = moec_pool_new(o.threads);
-    if (!ex->kcache || !ex->vcache || !ex->rope || !ex->hidden_last || !ex->pool) {
+    if (!ex->kcache || !ex->vcache || !ex->rope || !ex->pool) {
         moec_exec_free(ex);
         return moec_err_set(err, MOEC_ERR_NOMEM, "out of memory for a %d-token KV cache", o.max_ctx);
     }
@@ -228,7 +228,6 @@ void moec_exec_free(moec_exec *ex)
     free(ex->kcache);
     free(ex->vcache);
     free(ex->rope);
-    free(ex->hidden_last);
     free(ex->offsets);
     free(ex->groups);
     if (ex->pool)
@@ -424,8 +423,9 @@ static void attend_head(moec_exec *ex, int layer, int h, int n, int p0, float *s
 {
     const moec_config *c = &ex->m->cfg;
     const int hd = c->head_dim, group = c->n_heads / c->n_kv_heads, kvh = h / group;
-    const float *K = ex->kcache + ((size_t)layer * ex->max_ctx) * ex->kvdim + (size_t)kvh * hd;
-    const float *V = ex->vcache + ((size_t)layer * ex->max_ctx) * ex->kvdim + (size_t)kvh * hd;
+    const size_t slot = ex->layer_cache ? 0 : (size_t)layer;
+    const float *K = ex->kcache + (slot * ex->max_ctx) * ex->kvdim + (size_t)kvh * hd;
+    const float *V = ex->vcache + (slot * ex->max_ctx) * ex->kvdim + (size_t)kvh * hd;
     const float *Q = ex->q + (size_t)h * hd;
     float *O = ex->att + (size_t)h * hd;
     const float scale = 1.0f / sqrtf((float)hd);
@@ -507,7 +507,7 @@ static void attention_block(moec_exec *ex, int l, int n)
         for (int h = 0; h < c->n_kv_heads; h++)
             moec_rope_head(ex->k + (size_t)i * ex->kvdim + (size_t)h * hd, cs, hd);
     }
-    size_t off = ((size_t)l * ex->max_ctx + (size_t)p0) * ex->kvdim;
+    size_t off = ((size_t)(ex->layer_cache ? 0 : l) * ex->max_ctx + (size_t)p0) * ex->kvdim;
     memcpy(ex->kcache + off, ex->k, (size_t)n * ex->kvdim * sizeof(float));
     memcpy(ex->vcache + off, ex->v, (size_t)n * ex->kvdim * sizeof(float));
     prof_stop(ex, MOEC_OP_QKV, t0);
@@ -768,6 +768,41 @@ static moec_status moe_block(moec_exec *ex, int l, int n, moec_err *err)
 
 /* ---- whole model ---- */
 
+/* x[n][d] = the embedding rows of tokens (checked by the caller). */
+static void embed_rows(moec_exec *ex, const int32_t *tokens, int n, float *x)
+{
+    const moec_model *m = ex->m;
+    const int d = m->cfg.hidden_size;
+    const uint64_t t0 = prof_start(ex);
+    const size_t row_bytes = (size_t)d * moec_dtype_size(m->embed.dtype);
+    for (int i = 0; i < n; i++) {
+        if (m->embed.dtype == MOEC_DT_QUANT) /* quantized embedding: dequantize the token's row */
+            moec_qformat_dequant_row(m->embed.q, tokens[i], x + (size_t)i * d);
+        else
+            moec_to_f32(x + (size_t)i * d, (const char *)m->embed.data + (size_t)tokens[i] * row_bytes,
+                        m->embed.dtype, (size_t)d);
+    }
+    prof_stop(ex, MOEC_OP_EMBED, t0);
+}
+
+/* logits[n][V] of the hidden states h[n][d] (final norm, lm_head); p0 is
+ * the position of the first row (for the error message). */
+static moec_status head_rows(moec_exec *ex, const float *h, int n, int p0, float *logits, moec_err *err)
+{
+    const moec_model *m = ex->m;
+    const moec_config *c = &m->cfg;
+    const uint64_t t0 = prof_start(ex);
+    moec_rmsnorm_rows(ex->xn, h, &m->final_norm, n, c->hidden_size, c->rms_eps);
+    linear(ex, logits, ex->xn, n, &m->lm_head, false);
+    prof_stop(ex, MOEC_OP_HEAD, t0);
+    size_t cnt = (size_t)n * (size_t)c->vocab_size;
+    for (size_t i = 0; i < cnt; i++)
+        if (!isfinite(logits[i]))
+            return moec_err_set(err, MOEC_ERR_NUMERIC, "non-finite logit at position %d (weights with NaN/Inf?)",
+                                p0 + (int)(i / (size_t)c->vocab_size));
+    return MOEC_OK;
+}
+
 /* Runs n tokens and writes the logits of tokens first..n-1 ([n - first][V];
  * first == n or logits NULL: none). Only those tokens' hidden states are
  * needed after the last layer's attention (which still sees every token,
@@ -776,27 +811,14 @@ static moec_status moe_block(moec_exec *ex, int l, int n, moec_err *err)
 static moec_status forward_chunk(moec_exec *ex, const int32_t *tokens, int n, float *logits, int first,
                                  moec_err *err)
 {
-    const moec_model *m = ex->m;
-    const moec_config *c = &m->cfg;
+    const moec_config *c = &ex->m->cfg;
     const int d = c->hidden_size;
-    uint64_t t0;
     if (!logits)
         first = n;
     moec_status st = reserve_batch(ex, n, err);
     if (st)
         return st;
-    {
-        t0 = prof_start(ex);
-        const size_t row_bytes = (size_t)d * moec_dtype_size(m->embed.dtype);
-        for (int i = 0; i < n; i++) {
-            if (m->embed.dtype == MOEC_DT_QUANT) /* quantized embedding: dequantize the token's row */
-                moec_qformat_dequant_row(m->embed.q, tokens[i], ex->x + (size_t)i * d);
-            else
-                moec_to_f32(ex->x + (size_t)i * d, (const char *)m->embed.data + (size_t)tokens[i] * row_bytes,
-                            m->embed.dtype, (size_t)d);
-        }
-        prof_stop(ex, MOEC_OP_EMBED, t0);
-    }
+    embed_rows(ex, tokens, n, ex->x);
     for (int l = 0; l < c->n_layers; l++) {
         attention_block(ex, l, n);
         int rows = n;
@@ -815,25 +837,24 @@ static moec_status forward_chunk(moec_exec *ex, const int32_t *tokens, int n, fl
         return MOEC_OK;
     /* hidden states of the wanted tokens: rows 0.. after the skip, else first.. */
     const float *h = ex->x + (ex->hook ? (size_t)first * d : 0);
-    t0 = prof_start(ex);
-    moec_rmsnorm_rows(ex->xn, h, &m->final_norm, nout, d, c->rms_eps);
-    linear(ex, logits, ex->xn, nout, &m->lm_head, false);
-    prof_stop(ex, MOEC_OP_HEAD, t0);
-    size_t cnt = (size_t)nout * (size_t)c->vocab_size;
-    for (size_t i = 0; i < cnt; i++)
-        if (!isfinite(logits[i]))
-            return moec_err_set(err, MOEC_ERR_NUMERIC, "non-finite logit at position %d (weights with NaN/Inf?)",
-                                ex->pos - nout + (int)(i / (size_t)c->vocab_size));
-    return MOEC_OK;
+    return head_rows(ex, h, nout, ex->pos - nout, logits, err);
 }
 
-/* Batches larger than this are run in chunks: activations stay bounded. */
-#define MOEC_EXEC_CHUNK 512
+static moec_status check_tokens(const moec_exec *ex, const int32_t *tokens, int n, moec_err *err)
+{
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= ex->m->cfg.vocab_size)
+            return moec_err_set(err, MOEC_ERR_ARG, "token id %d is outside the vocabulary [0, %d)", tokens[i],
+                                ex->m->cfg.vocab_size);
+    return MOEC_OK;
+}
 
 moec_status moec_exec_forward_from(moec_exec *ex, const int32_t *tokens, int n, float *logits, int logits_from,
                                    moec_err *err)
 {
     const moec_config *c = &ex->m->cfg;
+    if (ex->layer_cache)
+        return moec_err_set(err, MOEC_ERR_ARG, "forward: this executor caches one layer (layer-at-a-time use only)");
     if (n <= 0)
         return moec_err_set(err, MOEC_ERR_ARG, "forward: no tokens");
     if (logits_from < 0 || logits_from > n)
@@ -841,18 +862,71 @@ moec_status moec_exec_forward_from(moec_exec *ex, const int32_t *tokens, int n, 
     if (n > ex->max_ctx - ex->pos)
         return moec_err_set(err, MOEC_ERR_ARG, "forward: %d tokens at position %d exceed the context of %d", n,
                             ex->pos, ex->max_ctx);
-    for (int i = 0; i < n; i++)
-        if (tokens[i] < 0 || tokens[i] >= c->vocab_size)
-            return moec_err_set(err, MOEC_ERR_ARG, "token id %d is outside the vocabulary [0, %d)", tokens[i],
-                                c->vocab_size);
+    moec_status st = check_tokens(ex, tokens, n, err);
+    if (st)
+        return st;
     for (int i0 = 0; i0 < n; i0 += MOEC_EXEC_CHUNK) {
         const int m = n - i0 < MOEC_EXEC_CHUNK ? n - i0 : MOEC_EXEC_CHUNK;
         /* this chunk's first wanted token, relative to the chunk */
         int first = logits_from - i0;
         first = first < 0 ? 0 : first > m ? m : first;
         float *out = logits && first < m ? logits + (size_t)(i0 + first - logits_from) * c->vocab_size : NULL;
-        moec_status st = forward_chunk(ex, tokens + i0, m, out, out ? first : m, err);
+        if ((st = forward_chunk(ex, tokens + i0, m, out, out ? first : m, err)))
+            return st;
+    }
+    return MOEC_OK;
+}
+
+/* ---- one layer at a time (lib/pipeline) ---- */
+
+moec_status moec_exec_embed(moec_exec *ex, const int32_t *tokens, int n, float *x, moec_err *err)
+{
+    if (n <= 0)
+        return moec_err_set(err, MOEC_ERR_ARG, "embed: no tokens");
+    moec_status st = check_tokens(ex, tokens, n, err);
+    if (st)
+        return st;
+    embed_rows(ex, tokens, n, x);
+    return MOEC_OK;
+}
+
+moec_status moec_exec_layer(moec_exec *ex, int layer, int pos, float *x, int n, moec_err *err)
+{
+    const moec_config *c = &ex->m->cfg;
+    const size_t d = (size_t)c->hidden_size;
+    if (layer < 0 || layer >= c->n_layers || n <= 0 || pos < 0)
+        return moec_err_set(err, MOEC_ERR_ARG, "layer %d: %d tokens at position %d", layer, n, pos);
+    if (n > ex->max_ctx - pos)
+        return moec_err_set(err, MOEC_ERR_ARG, "layer %d: %d tokens at position %d exceed the context of %d", layer,
+                            n, pos, ex->max_ctx);
+    for (int i0 = 0; i0 < n; i0 += MOEC_EXEC_CHUNK) {
+        const int m = n - i0 < MOEC_EXEC_CHUNK ? n - i0 : MOEC_EXEC_CHUNK;
+        moec_status st = reserve_batch(ex, m, err);
         if (st)
+            return st;
+        memcpy(ex->x, x + (size_t)i0 * d, (size_t)m * d * sizeof(float));
+        ex->pos = pos + i0;
+        attention_block(ex, layer, m);
+        if ((st = moe_block(ex, layer, m, err)))
+            return st;
+        memcpy(x + (size_t)i0 * d, ex->x, (size_t)m * d * sizeof(float));
+    }
+    ex->pos = pos + n;
+    return MOEC_OK;
+}
+
+moec_status moec_exec_head(moec_exec *ex, const float *x, int n, float *logits, moec_err *err)
+{
+    const moec_config *c = &ex->m->cfg;
+    const size_t d = (size_t)c->hidden_size;
+    if (n <= 0)
+        return moec_err_set(err, MOEC_ERR_ARG, "head: no tokens");
+    for (int i0 = 0; i0 < n; i0 += MOEC_EXEC_CHUNK) {
+        const int m = n - i0 < MOEC_EXEC_CHUNK ? n - i0 : MOEC_EXEC_CHUNK;
+        moec_status st = reserve_batch(ex, m, err);
+        if (st)
+            return st;
+        if ((st = head_rows(ex, x + (size_t)i0 * d, m, i0, logits + (size_t)i0 * c->vocab_size, err)))
             return st;
     }
     return MOEC_OK;

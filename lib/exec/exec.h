@@ -34,9 +34,18 @@ typedef struct moec_exec_opts {
      * product itself stays float32); the router, the shared-expert gate and
      * lm_head read unquantized activations, and hooks see them unquantized. */
     int act_bits;
+    /* The KV cache holds one layer instead of all (default false): for
+     * layer-at-a-time use (moec_exec_layer, lib/pipeline), where a window
+     * runs through one layer before the next layer starts. Such an executor
+     * refuses moec_exec_forward. */
+    bool layer_cache;
 } moec_exec_opts;
 
-#define MOEC_EXEC_OPTS_DEFAULT {1, 0, 0}
+#define MOEC_EXEC_OPTS_DEFAULT {1, 0, 0, false}
+
+/* Batches larger than this are run in chunks (activations stay bounded);
+ * the layer-at-a-time calls below chunk the same way. */
+#define MOEC_EXEC_CHUNK 512
 
 /* What a hook sees of one MoE block for a batch of n tokens. Pointers are
  * valid only during the call. */
@@ -104,6 +113,28 @@ moec_status moec_exec_forward(moec_exec *ex, const int32_t *tokens, int n, float
  * MOEC_ERR_ARG for logits_from outside 0..n. */
 moec_status moec_exec_forward_from(moec_exec *ex, const int32_t *tokens, int n, float *logits, int logits_from,
                                    moec_err *err);
+
+/* The forward pass cut at layer boundaries, for running calibration windows
+ * one layer at a time (lib/pipeline keeps their hidden states between
+ * layers). The arithmetic is moec_exec_forward's: for a window of n tokens,
+ * embed, then moec_exec_layer for layers 0, 1, ... on the same rows, then
+ * moec_exec_head give bit for bit the residual stream and all-position
+ * logits of moec_exec_forward(tokens, n) from an empty cache. Rows are
+ * processed in chunks of MOEC_EXEC_CHUNK from the first row, as forward
+ * does, so windows must be passed whole. Hooks see each layer as forward
+ * shows them.
+ *
+ * moec_exec_embed: x [n][d] = the embedding rows of the tokens (checked
+ * against the vocabulary).
+ * moec_exec_layer: x [n][d], the residual stream entering `layer` at
+ * positions pos..pos+n-1, is replaced by the stream leaving it; the layer's
+ * KV cache entries below pos must come from earlier calls on the same
+ * sequence (pos = 0 starts a sequence). Leaves moec_exec_pos at pos + n.
+ * moec_exec_head: logits [n][vocab] of the final norm and lm_head over x;
+ * MOEC_ERR_NUMERIC for a non-finite logit. */
+moec_status moec_exec_embed(moec_exec *ex, const int32_t *tokens, int n, float *x, moec_err *err);
+moec_status moec_exec_layer(moec_exec *ex, int layer, int pos, float *x, int n, moec_err *err);
+moec_status moec_exec_head(moec_exec *ex, const float *x, int n, float *logits, moec_err *err);
 
 /* Called for every MoE block during forward (NULL to remove). */
 void moec_exec_set_moe_hook(moec_exec *ex, moec_moe_hook fn, void *ctx);

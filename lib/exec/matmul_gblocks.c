@@ -49,14 +49,10 @@ static void rows_blockwise(const struct gjob *j, int64_t a, int64_t b)
     }
 }
 
-static void gworker(void *ctx, int thread, int n_threads)
+/* Rows [a, b) on share `thread` of j->pool (its scratch holds the tile). */
+static void grows(const struct gjob *j, int thread, int64_t a, int64_t b)
 {
-    (void)n_threads;
-    const struct gjob *j = ctx;
-    const int64_t a = j->r0 + (int64_t)thread * j->chunk;
-    if (a >= j->r1)
-        return;
-    const int64_t b = a + j->chunk < j->r1 ? a + j->chunk : j->r1, K = j->f->cols;
+    const int64_t K = j->f->cols;
     int64_t tile_rows = TILE_BYTES / (K * (int64_t)sizeof(float));
     if (tile_rows < ROW_ALIGN)
         tile_rows = ROW_ALIGN;
@@ -81,6 +77,15 @@ static void gworker(void *ctx, int thread, int n_threads)
         free(tile);
 }
 
+static void gworker(void *ctx, int thread, int n_threads)
+{
+    (void)n_threads;
+    const struct gjob *j = ctx;
+    const int64_t a = j->r0 + (int64_t)thread * j->chunk;
+    if (a < j->r1)
+        grows(j, thread, a, a + j->chunk < j->r1 ? a + j->chunk : j->r1);
+}
+
 void moec_matmul_gblocks(moec_pool *pool, float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n,
                          const moec_tensor *W, int64_t r0, int64_t r1, bool accumulate)
 {
@@ -102,4 +107,15 @@ void moec_matmul_gblocks(moec_pool *pool, float *y, int64_t ldy, const float *x,
         j.chunk = (per + ROW_ALIGN - 1) / ROW_ALIGN * ROW_ALIGN;
     }
     moec_pool_run(pool, gworker, &j);
+}
+
+void moec_matmul_gblocks_share(moec_pool *pool, int thread, float *y, int64_t ldy, const float *x, int64_t ldx,
+                               int64_t n, const moec_tensor *W, int64_t r0, int64_t r1, bool accumulate)
+{
+    const moec_qformat *f = W->q;
+    if (n <= 0 || r1 <= r0)
+        return;
+    struct gjob j = {.pool = pool, .f = f, .row_bytes = moec_gblock_row_bytes(f->gblock, f->cols), .y = y,
+                     .ldy = ldy, .x = x, .ldx = ldx, .n = n, .r0 = r0, .r1 = r1, .chunk = r1 - r0, .acc = accumulate};
+    grows(&j, thread, r0, r1);
 }

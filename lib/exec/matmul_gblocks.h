@@ -23,4 +23,10 @@
 void moec_matmul_gblocks(moec_pool *pool, float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n,
                          const moec_tensor *W, int64_t r0, int64_t r1, bool accumulate);
 
+/* The same on the calling thread, which runs share `thread` of a run of
+ * the caller's own on pool (its scratch may be used; pool NULL: none is),
+ * as moec_matmul_quant_share. */
+void moec_matmul_gblocks_share(moec_pool *pool, int thread, float *y, int64_t ldy, const float *x, int64_t ldx,
+                               int64_t n, const moec_tensor *W, int64_t r0, int64_t r1, bool accumulate);
+
 #endif

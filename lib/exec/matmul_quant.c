@@ -482,6 +482,10 @@ void moec_matmul_quant_share(moec_pool *pool, int thread, float *y, int64_t ldy,
     const int64_t rows = r1 - r0;
     if (n <= 0 || rows <= 0)
         return;
+    if (W->q->gblock) {
+        moec_matmul_gblocks_share(pool, thread, y, ldy, x, ldx, n, W, r0, r1, accumulate);
+        return;
+    }
     const int path = atomic_load_explicit(&forced_path, memory_order_relaxed);
     struct qjob j = {
         .pool = pool,

@@ -194,6 +194,7 @@ void moec_model_close(moec_model *m)
     for (size_t i = 0; i < m->n_owned; i++)
         free(m->owned[i]);
     free(m->owned);
+    free(m->part_mark);
     free(m->source);
     free(m->config_json);
     free(m->tokenizer_json);
@@ -310,6 +311,94 @@ moec_status moec_model_for_each_slot(moec_model *m, moec_slot_fn fn, void *ctx, 
     if (!c->tie_embeddings && (st = emit(&w, &m->lm_head, -1, -1, false, c->vocab_size, d, "lm_head.weight")))
         return st;
     return MOEC_OK;
+}
+
+typedef struct part_walk {
+    int part;
+    const moec_model *m;
+    moec_slot_fn fn;
+    void *ctx;
+} part_walk;
+
+static moec_status part_slot(void *vctx, const moec_slot *s, moec_err *err)
+{
+    part_walk *w = vctx;
+    bool in;
+    if (w->part >= 0)
+        in = s->layer == w->part;
+    else if (w->part == MOEC_PART_EMBED)
+        in = s->t == &w->m->embed;
+    else
+        in = s->layer < 0 && s->t != &w->m->embed;
+    return in ? w->fn(w->ctx, s, err) : MOEC_OK;
+}
+
+moec_status moec_model_for_each_slot_in(moec_model *m, int part, moec_slot_fn fn, void *ctx, moec_err *err)
+{
+    if (part >= m->cfg.n_layers || part < MOEC_PART_HEAD)
+        return moec_err_set(err, MOEC_ERR_ARG, "model part %d of a %d-layer model", part, m->cfg.n_layers);
+    part_walk w = {part, m, fn, ctx};
+    return moec_model_for_each_slot(m, part_slot, &w, err);
+}
+
+static void release_range(const moec_model *m, const void *p, size_t n)
+{
+    for (; m && p && n; m = m->parent)
+        if ((m->st && moec_st_release(m->st, p, n)) || (m->ct && moec_container_release(m->ct, p, n)))
+            return;
+}
+
+void moec_model_release_tensor(const moec_model *m, const moec_tensor *t)
+{
+    if (!moec_tensor_present(t))
+        return;
+    if (t->dtype == MOEC_DT_QUANT && t->q) {
+        release_range(m, t->q->codes, t->q->codes_bytes);
+        release_range(m, t->q->scales, t->q->scales_bytes);
+        release_range(m, t->q->zeros, t->q->zeros_bytes);
+    } else {
+        release_range(m, t->data, t->nbytes);
+    }
+}
+
+static moec_status release_slot(void *ctx, const moec_slot *s, moec_err *err)
+{
+    (void)err;
+    moec_model_release_tensor(ctx, s->t);
+    return MOEC_OK;
+}
+
+void moec_model_release_part(const moec_model *m, int part)
+{
+    moec_model_for_each_slot_in((moec_model *)m, part, release_slot, (void *)m, NULL);
+    if (m->lazy && m->part_mark) { /* its bindings are a cache of the file: logically const */
+        moec_model *mm = (moec_model *)m;
+        moec_model_clear_part(mm, part);
+        const int i = part == MOEC_PART_EMBED ? 0 : part == MOEC_PART_HEAD ? m->cfg.n_layers + 1 : part + 1;
+        moec_model_arena_release(mm, m->part_mark[i]);
+    }
+}
+
+static moec_status clear_slot(void *ctx, const moec_slot *s, moec_err *err)
+{
+    (void)ctx, (void)err;
+    memset(s->t, 0, sizeof *s->t);
+    return MOEC_OK;
+}
+
+void moec_model_clear_part(moec_model *m, int part)
+{
+    moec_model_for_each_slot_in(m, part, clear_slot, NULL, NULL);
+}
+
+size_t moec_model_arena_mark(const moec_model *m) { return m->n_owned; }
+
+void moec_model_arena_release(moec_model *m, size_t mark)
+{
+    for (size_t i = mark; i < m->n_owned; i++)
+        free(m->owned[i]);
+    if (mark < m->n_owned)
+        m->n_owned = mark;
 }
 
 static moec_status count_slot(void *ctx, const moec_slot *s, moec_err *err)

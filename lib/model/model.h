@@ -81,6 +81,10 @@ typedef struct moec_model {
     const struct moec_model *parent; /* a derived model's views may point into its parent */
     void **owned;
     size_t n_owned, cap_owned;
+    /* a lazily opened container (moec_model_open_moec_lazy): a part's tensors
+     * are bound by moec_model_load_part and dropped by moec_model_release_part */
+    bool lazy;
+    size_t *part_mark;       /* [n_layers + 2] arena mark when each part was loaded */
 } moec_model;
 
 /* Opens an HF checkpoint directory (config.json + safetensors, tokenizer.json
@@ -134,6 +138,40 @@ typedef struct moec_slot {
 typedef moec_status (*moec_slot_fn)(void *ctx, const moec_slot *slot, moec_err *err);
 /* Calls fn for every tensor the config calls for, in a fixed order. */
 moec_status moec_model_for_each_slot(moec_model *m, moec_slot_fn fn, void *ctx, moec_err *err);
+
+/* The parts a model is streamed in, in file order: the embedding, then
+ * layers 0 .. n_layers-1 (part = the layer index), then the final norm and
+ * lm_head (lib/pipeline, model_sink.h). */
+enum { MOEC_PART_EMBED = -1, MOEC_PART_HEAD = -2 };
+
+/* moec_model_for_each_slot restricted to one part, in the same order. */
+moec_status moec_model_for_each_slot_in(moec_model *m, int part, moec_slot_fn fn, void *ctx, moec_err *err);
+
+/* Binds one part's tensors of a lazily opened model (model_moec.h
+ * moec_model_open_moec_lazy): checks their checksums and decodes their
+ * compressed sections into buffers the model owns. A no-op for other
+ * models, whose tensors are always bound. */
+moec_status moec_model_load_part(moec_model *m, int part, moec_err *err);
+
+/* Releases the pages of a part's tensors that are views into a checkpoint
+ * file mapped by m or by a model it derives from (moec_model_derive):
+ * they leave the process's resident memory and are read again from the
+ * file if touched. Owned buffers are not touched. For streaming a
+ * checkpoint larger than memory: a layer's source pages go once the layer
+ * is done. A lazily opened model also drops the part's views and decoded
+ * buffers (moec_model_load_part binds them again). */
+void moec_model_release_part(const moec_model *m, int part);
+/* The same for one tensor of m (its data, or its codes, scales and zeros). */
+void moec_model_release_tensor(const moec_model *m, const moec_tensor *t);
+
+/* Marks every tensor of a part absent (views dropped, nothing freed). */
+void moec_model_clear_part(moec_model *m, int part);
+
+/* Buffers allocated by moec_model_alloc since a mark: a layer-streaming
+ * pass marks before building a layer and, once the layer is written, frees
+ * what it allocated (views into those buffers must be dropped first). */
+size_t moec_model_arena_mark(const moec_model *m);
+void moec_model_arena_release(moec_model *m, size_t mark);
 
 /* Parameters and bytes actually stored (all tensors, tied head counted once). */
 int64_t moec_model_params(const moec_model *m);

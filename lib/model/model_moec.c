@@ -98,13 +98,6 @@ moec_status moec_model_dequantize(moec_model *m, moec_dtype dtype, moec_progress
     return st;
 }
 
-/* ---- save ---- */
-
-typedef struct {
-    moec_container_writer *w;
-    const moec_moec_save_opts *o;
-} save_ctx;
-
 static moec_status shape_matches(const moec_slot *s, const moec_tensor *t, moec_err *err)
 {
     bool ok = t->ndim == s->ndim && t->shape[0] == s->shape[0] && (s->ndim == 1 || t->shape[1] == s->shape[1]);
@@ -118,119 +111,13 @@ static moec_status shape_matches(const moec_slot *s, const moec_tensor *t, moec_
                         (long long)s->shape[0], (long long)s->shape[1]);
 }
 
-static moec_status save_slot(void *vctx, const moec_slot *s, moec_err *err)
-{
-    save_ctx *ctx = vctx;
-    const moec_tensor *t = s->t;
-    if (!moec_tensor_present(t)) {
-        if (s->optional)
-            return MOEC_OK;
-        return moec_err_set(err, MOEC_ERR_INTERNAL, "tensor %s is absent", s->name);
-    }
-    moec_status st = shape_matches(s, t, err);
-    if (st)
-        return st;
-    moec_ctensor_desc d;
-    memset(&d, 0, sizeof d);
-    d.name = s->name;
-    d.type.ndim = t->ndim;
-    for (int k = 0; k < t->ndim; k++)
-        d.type.shape[k] = t->shape[k];
-    d.compress = ctx->o->compress ? MOEC_COMPRESS_AUTO : MOEC_COMPRESS_NONE;
-    if (t->dtype == MOEC_DT_QUANT) {
-        const moec_qformat *f = t->q;
-        if (!f)
-            return moec_err_set(err, MOEC_ERR_INTERNAL, "tensor %s is quantized but has no format", s->name);
-        if ((st = moec_qformat_validate(f, s->name, err)))
-            return st;
-        if (f->rows != t->shape[0] || f->cols != t->shape[1])
-            return moec_err_set(err, MOEC_ERR_INTERNAL, "tensor %s: format %lldx%lld, view %lldx%lld", s->name,
-                                (long long)f->rows, (long long)f->cols, (long long)t->shape[0],
-                                (long long)t->shape[1]);
-        if (f->gblock) { /* llama.cpp blocks, verbatim */
-            d.type.storage = MOEC_STORAGE_GGML;
-            d.type.bits = moec_gblock_info(f->gblock)->ggml_type;
-            d.sections[d.n_sections++] = (moec_csection){MOEC_SECTION_DATA, f->codes, f->codes_bytes};
-            return moec_container_writer_add_tensor(ctx->w, &d, err);
-        }
-        d.type.storage = MOEC_STORAGE_GROUPWISE;
-        d.type.bits = f->bits;
-        d.type.group = f->group;
-        d.type.symmetric = f->symmetric;
-        d.sections[d.n_sections++] = (moec_csection){MOEC_SECTION_CODES, f->codes, f->codes_bytes};
-        d.sections[d.n_sections++] = (moec_csection){MOEC_SECTION_SCALES, f->scales, f->scales_bytes};
-        if (!f->symmetric)
-            d.sections[d.n_sections++] = (moec_csection){MOEC_SECTION_ZEROS, f->zeros, f->zeros_bytes};
-    } else {
-        switch (t->dtype) {
-        case MOEC_DT_F32: d.type.storage = MOEC_STORAGE_F32; break;
-        case MOEC_DT_F16: d.type.storage = MOEC_STORAGE_F16; break;
-        case MOEC_DT_BF16: d.type.storage = MOEC_STORAGE_BF16; break;
-        default:
-            return moec_err_set(err, MOEC_ERR_UNSUPPORTED, "tensor %s has dtype %s; .moec stores F32, F16, BF16 "
-                                "and group-wise quantized tensors", s->name, moec_dtype_name(t->dtype));
-        }
-        size_t bytes = (size_t)moec_tensor_numel(t) * moec_dtype_size(t->dtype);
-        if (t->nbytes < bytes || !t->data)
-            return moec_err_set(err, MOEC_ERR_INTERNAL, "tensor %s: %zu bytes of data, its shape needs %zu", s->name,
-                                t->nbytes, bytes);
-        d.sections[d.n_sections++] = (moec_csection){MOEC_SECTION_DATA, t->data, bytes};
-    }
-    return moec_container_writer_add_tensor(ctx->w, &d, err);
-}
-
-moec_status moec_model_save_moec(const moec_model *m, const char *path, const moec_moec_save_opts *o,
-                                 moec_err *err)
-{
-    const moec_moec_save_opts defaults = MOEC_MOEC_SAVE_OPTS_DEFAULT;
-    if (!o)
-        o = &defaults;
-    moec_container_writer_opts wo;
-    moec_container_writer_opts_default(&wo);
-    if (o->zstd_level)
-        wo.zstd_level = o->zstd_level;
-    moec_container_writer *w = NULL;
-    char *config = NULL;
-    moec_status st = moec_model_check_output(m, path, err);
-    if (st)
-        return st;
-    if ((st = moec_container_writer_new(&wo, &w, err)))
-        return st;
-    /* per-tensor quantization lives in the tensor entries; the config keeps
-     * only what HF knows (expert counts as stored) */
-    if ((st = moec_config_to_hf_json(&m->cfg, m->config_json, &config, err)) ||
-        (st = moec_container_writer_add_blob(w, "config.json", config, strlen(config), err)))
-        goto done;
-    if (m->tokenizer_json &&
-        (st = moec_container_writer_add_blob(w, "tokenizer.json", m->tokenizer_json, m->tokenizer_json_len, err)))
-        goto done;
-    for (int i = 0; i < MOEC_N_SIDE_FILES && !st; i++)
-        if (m->side[i].data)
-            st = moec_container_writer_add_blob(w, moec_side_file_names[i], m->side[i].data, m->side[i].len, err);
-    if (st)
-        goto done;
-    if (o->report_json &&
-        (st = moec_container_writer_add_blob(w, "report.json", o->report_json, strlen(o->report_json), err)))
-        goto done;
-    /* streaming: each tensor is encoded and written as it is added */
-    if ((st = moec_container_writer_stream(w, path, err)))
-        goto done;
-    save_ctx ctx = {w, o};
-    if ((st = moec_model_for_each_slot((moec_model *)m, save_slot, &ctx, err)))
-        goto done;
-    st = moec_container_writer_write(w, path, err);
-done:
-    moec_container_writer_free(w);
-    free(config);
-    return st;
-}
-
 /* ---- open ---- */
 
 typedef struct {
     moec_model *m;
     const moec_container *ct;
-    unsigned char *used; /* per container tensor: consumed by a slot */
+    unsigned char *used; /* per container tensor: consumed by a slot (NULL: not tracked) */
+    bool declare;        /* lazy open: check and describe the tensor, read none of its bytes */
 } bind_ctx;
 
 static moec_dtype storage_dtype(moec_storage s)
@@ -277,7 +164,8 @@ static moec_status bind_slot(void *vctx, const moec_slot *s, moec_err *err)
         return moec_err_set(err, MOEC_ERR_FORMAT, "tensor %s is missing from the container", s->name);
     }
     const size_t i = (size_t)idx;
-    ctx->used[i] = 1;
+    if (ctx->used)
+        ctx->used[i] = 1;
     const moec_ctensor_type *ty = &moec_container_tensor(ctx->ct, i)->type;
     moec_tensor t;
     memset(&t, 0, sizeof t);
@@ -289,6 +177,17 @@ static moec_status bind_slot(void *vctx, const moec_slot *s, moec_err *err)
         return st;
     const void *data;
     size_t size;
+    if (ctx->declare) { /* shape and type only; the bytes come with moec_model_load_part */
+        const bool quant = ty->storage == MOEC_STORAGE_GROUPWISE || ty->storage == MOEC_STORAGE_GGML;
+        if (quant && s->ndim != 2)
+            return moec_err_set(err, MOEC_ERR_UNSUPPORTED,
+                                "tensor %s is stored quantized; moec quantizes only 2-D weights", s->name);
+        t.dtype = quant ? MOEC_DT_QUANT : storage_dtype(ty->storage);
+        if (t.dtype != MOEC_DT_QUANT)
+            t.nbytes = (size_t)moec_tensor_numel(&t) * moec_dtype_size(t.dtype);
+        *s->t = t;
+        return MOEC_OK;
+    }
     if (ty->storage == MOEC_STORAGE_GGML) {
         if (s->ndim != 2)
             return moec_err_set(err, MOEC_ERR_UNSUPPORTED,
@@ -410,21 +309,26 @@ static bool looks_like_container(const char *path)
     return n == (ssize_t)sizeof head && memcmp(head, magic, sizeof head) == 0;
 }
 
-moec_status moec_model_open_moec(moec_model **out, const char *path, moec_err *err)
+static moec_status model_from_container(moec_model **out, struct moec_container *ct, const char *path, bool lazy,
+                                        moec_err *err);
+
+static moec_status open_moec(moec_model **out, const char *path, bool lazy, moec_err *err)
 {
     *out = NULL;
     if (!looks_like_container(path))
         return moec_err_set(err, MOEC_ERR_ARG,
                             "%s: not a model (neither a checkpoint directory nor a .moec container)", path);
     moec_container *ct;
-    moec_status st = moec_container_open(path, 0, &ct, err);
+    moec_status st = moec_container_open(path, lazy ? MOEC_CONTAINER_LAZY_VERIFY : 0, &ct, err);
     if (st)
         return st;
-    return moec_model_from_container(out, ct, path, err);
+    return model_from_container(out, ct, path, lazy, err);
 }
 
-moec_status moec_model_from_container(moec_model **out, struct moec_container *ct, const char *path,
-                                      moec_err *err)
+/* The model of an open container: ct is owned by the model on success
+ * and closed on failure; lazy declares the tensors without reading them. */
+static moec_status model_from_container(moec_model **out, struct moec_container *ct, const char *path, bool lazy,
+                                        moec_err *err)
 {
     *out = NULL;
     moec_status st;
@@ -470,7 +374,13 @@ moec_status moec_model_from_container(moec_model **out, struct moec_container *c
             goto fail;
         }
     size_t n = moec_container_tensor_count(ct);
-    bind_ctx ctx = {m, ct, calloc(n ? n : 1, 1)};
+    bind_ctx ctx = {m, ct, calloc(n ? n : 1, 1), lazy};
+    if (lazy && !(m->part_mark = calloc((size_t)m->cfg.n_layers + 2, sizeof *m->part_mark))) {
+        free(ctx.used);
+        st = moec_err_set(err, MOEC_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    m->lazy = lazy;
     if (!ctx.used) {
         st = moec_err_set(err, MOEC_ERR_NOMEM, "out of memory");
         goto fail;
@@ -494,4 +404,37 @@ moec_status moec_model_from_container(moec_model **out, struct moec_container *c
 fail:
     moec_model_close(m);
     return st;
+}
+
+moec_status moec_model_from_container(moec_model **out, struct moec_container *ct, const char *path,
+                                      moec_err *err)
+{
+    return model_from_container(out, ct, path, false, err);
+}
+
+moec_status moec_model_open_moec(moec_model **out, const char *path, moec_err *err)
+{
+    return open_moec(out, path, false, err);
+}
+
+moec_status moec_model_open_moec_lazy(moec_model **out, const char *path, moec_err *err)
+{
+    return open_moec(out, path, true, err);
+}
+
+moec_status moec_model_load_part(moec_model *m, int part, moec_err *err)
+{
+    if (!m->lazy)
+        return MOEC_OK;
+    const int i = part == MOEC_PART_EMBED ? 0 : part == MOEC_PART_HEAD ? m->cfg.n_layers + 1 : part + 1;
+    if (i < 0 || i > m->cfg.n_layers + 1)
+        return moec_err_set(err, MOEC_ERR_ARG, "model part %d of a %d-layer model", part, m->cfg.n_layers);
+    m->part_mark[i] = moec_model_arena_mark(m);
+    bind_ctx ctx = {m, m->ct, NULL, false};
+    moec_status st = moec_model_for_each_slot_in(m, part, bind_slot, &ctx, err);
+    if (!st && part == MOEC_PART_EMBED && m->cfg.tie_embeddings)
+        m->lm_head = m->embed;
+    if (st)
+        return moec_err_prefix(err, "%s", m->source ? m->source : "model");
+    return MOEC_OK;
 }

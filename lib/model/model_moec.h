@@ -55,6 +55,15 @@ struct moec_container;
 moec_status moec_model_from_container(moec_model **out, struct moec_container *ct, const char *path,
                                       moec_err *err);
 
+/* The same checks of every tensor's presence, shape and type, but without
+ * reading any tensor's bytes: the container's checksums are verified per
+ * tensor when it is first read, and the tensors stay unbound (dtype and
+ * shape set, data NULL) until moec_model_load_part binds a part and
+ * moec_model_release_part drops it again (model.h). For streaming a
+ * container larger than memory (moec-export); the model must not be run
+ * or derived from. */
+moec_status moec_model_open_moec_lazy(moec_model **out, const char *path, moec_err *err);
+
 struct moec_qformat;
 
 /* Makes *t (a slot of m, e.g. &m->layers[l].experts[e].w1) a MOEC_DT_QUANT
