@@ -199,6 +199,12 @@ moec_status moec_subspace_merge(const moec_tensor *members, int m, const float *
         return moec_err_set(err, MOEC_ERR_ARG, "subspace: unknown SVD precision %d", (int)o->precision);
     if (o->rank < 0)
         return moec_err_set(err, MOEC_ERR_ARG, "subspace: rank %d; expected > 0", o->rank);
+    if (o->whiten && o->share != MOEC_SHARE_LEFT)
+        return moec_err_set(err, MOEC_ERR_ARG, "subspace: whitening needs the shared left basis");
+    if (o->whiten)
+        for (int e = 0; e < m; e++)
+            if (!o->whiten[e])
+                return moec_err_set(err, MOEC_ERR_ARG, "subspace: no whitening matrix for member %d", e);
     if (o->rank == 0 && !(o->energy > 0.0 && o->energy <= 1.0))
         return moec_err_set(err, MOEC_ERR_ARG,
                             "subspace: truncation unset: give a rank > 0 or an energy fraction in (0, 1] (got %g)",
@@ -257,9 +263,19 @@ moec_status moec_subspace_merge(const moec_tensor *members, int m, const float *
         goto done;
     }
 
-    /* LEFT: row j of A is [W_1[j] | ... | W_m[j]]; RIGHT: members one after another */
+    /* LEFT: row j of A is [W_1[j] | ... | W_m[j]]; RIGHT: members one after another.
+     * Whitened (Sub-MoE†): W_e S_e in place of W_e. */
+    if (o->whiten && !(Wavg = take(&L, nw * sizeof(float)))) {
+        st = moec_err_set(err, MOEC_ERR_NOMEM, "subspace: out of memory for [%d][%d]", rows, cols);
+        goto done;
+    }
     for (int e = 0; e < m; e++) {
         const float *We = members[e].data;
+        if (o->whiten) {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, cols, cols, 1.0f, We, cols, o->whiten[e],
+                        cols, 0.0f, Wavg, cols);
+            We = Wavg;
+        }
         for (int j = 0; j < rows; j++) {
             size_t dst = left ? (size_t)j * d.Mc + (size_t)e * cols : ((size_t)e * rows + j) * cols;
             if (dbl)
@@ -295,6 +311,10 @@ moec_status moec_subspace_merge(const moec_tensor *members, int m, const float *
     work = NULL;
     give(&L, iwork, sizeI);
     iwork = NULL;
+    if (Wavg) { /* the whitening scratch; the average below gets its own */
+        give(&L, Wavg, nw * sizeof(float));
+        Wavg = NULL;
+    }
 
     double acc = 0.0;
     for (lapack_int i = 0; i < d.mn; i++) {

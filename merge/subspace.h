@@ -83,10 +83,19 @@ typedef struct moec_subspace_opts {
     int rank;                     /* > 0: keep min(rank, mn) */
     double energy;                /* used when rank == 0: fraction in (0, 1] */
     moec_svd_precision precision; /* default MOEC_SVD_FLOAT */
+    /* Sub-MoE† (the paper's Eqs. 10-12), LEFT only: per member e a matrix
+     * S_e [cols][cols] (row-major; a Cholesky factor of the member's input
+     * Gram matrix, S_e S_eᵀ = Σ x xᵀ over its calibration tokens), or NULL.
+     * The SVD is then taken of [W_1 S_1 | ... | W_m S_m], so the kept basis
+     * U_r (and the energy that picks r) is the one that matters for the
+     * inputs each member actually sees; the merge maps back ("de-whitens")
+     * by projecting the unwhitened weighted average, W_G = U_r U_rᵀ Σ w_e W_e,
+     * which is U_r S_r Σ w_e V_e'ᵀ S_e⁻¹ exactly. */
+    const float *const *whiten;
 } moec_subspace_opts;
 
 /* Truncation deliberately unset: the caller must choose rank or energy. */
-#define MOEC_SUBSPACE_OPTS_DEFAULT {MOEC_SHARE_LEFT, 0, 0.0, MOEC_SVD_FLOAT}
+#define MOEC_SUBSPACE_OPTS_DEFAULT {MOEC_SHARE_LEFT, 0, 0.0, MOEC_SVD_FLOAT, NULL}
 
 /* The merged matrix as a product a * b, for intra-expert compression.
  * LEFT:  a = U_r [rows][rank],          b = S_r V_G^T [rank][cols].

@@ -322,7 +322,7 @@ static moec_status expert_job(xrun *x, int e, moec_err *err)
 
     /* w2 from the intermediates through the quantized w1/w3 */
     if (x->gptq && !J->few && !(J->f13_failed && !shared) && (!shared || J->n1 >= r->gptq_min_tokens)) {
-        moec_ffn Q = {moec_qformat_tensor(&q1.f), moec_qformat_tensor(&q3.f), {0}};
+        moec_ffn Q = {.w1 = moec_qformat_tensor(&q1.f), .w3 = moec_qformat_tensor(&q3.f)};
         int64_t n2r = 0;
         if ((st = hessian(x, e, &Q, f, extra_rows, n_extra, &H, &n2r, err)))
             goto done;

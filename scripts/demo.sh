@@ -28,8 +28,8 @@ echo "== calibrate: 32768 tokens of the four training texts"
 $bin/moec-calib $model --text "${train[@]}" --tokens 32768 -o "$out/calib.stats" --force --quiet
 echo "== prune: EASY-EP, 6 of 8 experts per layer"
 $bin/moec-prune $model --method easyep --keep 6 --stats "$out/calib.stats" -o "$out/easyep-6" --force --quiet
-echo "== merge: Sub-MoE, 6 of 8 experts per layer"
-$bin/moec-merge $model --method submoe --keep 6 --stats "$out/calib.stats" -o "$out/submoe-6" --force --quiet
+echo "== merge: Sub-MoE clustering, fitted merge (moec-merge's default), 6 of 8 experts per layer"
+$bin/moec-merge $model --method submoe --keep 6 "${train[@]/#/--text=}" --tokens 32768 -o "$out/submoe-6" --force --quiet
 echo "== quantize: GPTQ, 4-bit experts, groups of 128"
 $bin/moec-quant $model --bits 4 --group 128 --method gptq "${train[@]/#/--text=}" --tokens 32768 \
   -o "$out/gptq-4.moec" --force --quiet

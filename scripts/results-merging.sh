@@ -1,42 +1,55 @@
 #!/usr/bin/env bash
-# Regenerates docs/results/merging.md: expert merging of models/mixtral-tiny
-# (6 and 4 of 8 experts per layer) with moec-merge (Sub-MoE at several
-# truncations, frequency-weighted averaging) against the moec-prune methods
-# at the same counts, evaluated by moec-eval on the four corpus/*.val.txt
-# (ctx 256, second half of each window scored) and corpus/mc.val.jsonl.
+# Regenerates docs/results/merging.md: expert merging of two trained MoE
+# models, models/mixtral-tiny (8 experts, top-2) and
+# ../shared/fixtures/qwen3moe-fine (32 fine-grained experts, top-4), at 25%
+# and 50% fewer experts per layer: Sub-MoE as published (its subspace merge,
+# Sub-MoE† with activation-aware truncation stored as factors, its two-layer
+# adaptive clustering), the fitted merge added here step by step, and
+# quantized merges, beside frequency pruning, EASY-EP and averaging. Every
+# output is evaluated by moec-eval on the four corpus/*.val.txt (ctx 256,
+# second half of each window scored) against its original model.
 #
 #   scripts/results-merging.sh            # builds Release into build/ and uses build/bin
 #   BIN=path/to/bin scripts/results-merging.sh
 #
 # Environment: BIN (tools; when unset, build/ is configured and built as
-# Release first), THREADS (default 2), TOKENS (calibration tokens, default
-# 65536, shared evenly by the four train files, as results-pruning.sh),
-# WORK (scratch directory, default a fresh temporary one, removed at the end
-# unless KEEP_WORK=1), TABLE_ONLY=1 (rewrite the document from the JSON files
-# a KEEP_WORK=1 run left in WORK, running nothing). Needs python3 for the
-# table. Deterministic: the same build gives the same table (run times
-# aside). Pruning rows are included when moec-prune exists, and the document
-# says which ran.
+# Release first, with test_exec for the reference-logit check), THREADS
+# (default 2), TOKENS (calibration tokens, default 65536, shared evenly by
+# the four train files, for moec-calib's statistics and moec-merge alike),
+# MODELS (default "mixtral-tiny qwen3moe-fine"), WORK (scratch directory,
+# default a fresh temporary one, removed at the end unless KEEP_WORK=1;
+# rows whose results are already in WORK are not rerun), TABLE_ONLY=1
+# (rewrite the document from the JSON files a KEEP_WORK=1 run left in WORK,
+# running nothing), ROWS (only the rows named, e.g. "prune-freq average
+# neurons-down-router": a long run can do the rows that matter first; the
+# page shows a dash for a row not yet run). Needs python3 for the table and ../shared/fixtures for
+# qwen3moe-fine. Deterministic: the same build gives the same table (run
+# times aside).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 TABLE_ONLY=${TABLE_ONLY:-0}
 if [ "$TABLE_ONLY" = 1 ]; then
-  [ -n "${WORK:-}" ] && [ -f "$WORK/calib.json" ] || { echo "results-merging: TABLE_ONLY=1 needs WORK from a KEEP_WORK=1 run" >&2; exit 1; }
+  [ -n "${WORK:-}" ] && [ -d "$WORK" ] || { echo "results-merging: TABLE_ONLY=1 needs WORK from a KEEP_WORK=1 run" >&2; exit 1; }
   KEEP_WORK=1
   BIN=${BIN:-build/bin}
 fi
+TEST_EXEC=${TEST_EXEC:-}
 if [ -z "${BIN:-}" ]; then
-  cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DMOEC_TESTS=OFF >/dev/null
+  cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
   cmake --build build -j"$(nproc)" >/dev/null
   BIN=build/bin
+  TEST_EXEC=build/bin/test_exec
 fi
 THREADS=${THREADS:-2}
 TOKENS=${TOKENS:-65536}
-MODEL=models/mixtral-tiny
+MODELS=${MODELS:-"mixtral-tiny qwen3moe-fine"}
+# the row run with moec-merge --method submoe's defaults (merge/merge.h)
+DEFAULT_ROW=neurons-down-router
 CORPUS=data/corpus
 OUT=docs/results/merging.md
-for t in moec-calib moec-merge moec-eval; do
+SHARED=$(cd "$root/.." && pwd)/shared/fixtures
+for t in moec-calib moec-merge moec-prune moec-eval moec-inspect; do
   [ "$TABLE_ONLY" = 1 ] || [ -x "$BIN/$t" ] || { echo "results-merging: $BIN/$t not found" >&2; exit 1; }
 done
 command -v python3 >/dev/null || { echo "results-merging: python3 is needed to write the table" >&2; exit 1; }
@@ -46,287 +59,390 @@ mkdir -p "$WORK"
 
 train=()
 for d in drama scripture python c; do train+=("$CORPUS/$d.train.txt"); done
-evalargs=()
-for d in drama scripture python c; do evalargs+=(--text "$CORPUS/$d.val.txt"); done
-evalargs+=(--mc "$CORPUS/mc.val.jsonl" --ctx 256 --score-from half --threads "$THREADS" --json --quiet)
+text=()
+for f in "${train[@]}"; do text+=(--text "$f"); done
+val=()
+for d in drama scripture python c; do val+=(--text "$CORPUS/$d.val.txt"); done
+evalargs=("${val[@]}" --ctx 256 --score-from half --threads "$THREADS" --json --quiet)
 
 log() { echo "results-merging: $*" >&2; }
 now() { date +%s.%N; }
 
-if [ "$TABLE_ONLY" != 1 ]; then
-log "calibrating on ${train[*]} ($TOKENS tokens)"
-"$BIN/moec-calib" "$MODEL" --text "${train[@]}" --tokens "$TOKENS" --threads "$THREADS" --quiet --json \
-  -o "$WORK/all.stats" >"$WORK/calib.json"
+model_path() { if [ "$1" = mixtral-tiny ]; then echo models/mixtral-tiny; else echo "$SHARED/$1"; fi; }
 
-log "evaluating the original model"
-"$BIN/moec-eval" --model "$MODEL" "${evalargs[@]}" >"$WORK/eval-base.json"
-
-# run TOOL NAME KEEP -- tool arguments...: the tool's JSON report, its wall
-# time (model loading and saving included) and the evaluation of its output
-run() {
-  local tool=$1 name=$2 keep=$3
-  shift 4
-  log "$name, $keep of 8"
+# row MODEL KEEP NAME TOOL OUTEXT -- tool arguments...: the tool's JSON
+# report, its wall time, the output's size (moec-inspect) and its
+# evaluation against the original; skipped when WORK already has them
+row() {
+  local model=$1 keep=$2 name=$3 tool=$4 ext=$5
+  shift 6
+  local base; base=$(model_path "$model")
+  local tag="$model-$name-$keep" out="$WORK/out-$model-$name-$keep$ext"
+  [ -s "$WORK/eval-$tag.json" ] && return 0
+  if [ -n "${ROWS:-}" ] && [[ " $ROWS " != *" $name "* ]]; then return 0; fi
+  log "$model, $name, $keep experts per layer"
   local t0 t1
   t0=$(now)
-  "$BIN/$tool" "$MODEL" --keep "$keep" --threads "$THREADS" --quiet --json -o "$WORK/$name-$keep" "$@" \
-    >"$WORK/report-$name-$keep.json"
+  "$BIN/$tool" "$base" --keep "$keep" --threads "$THREADS" --quiet --json --force -o "$out" "$@" \
+    >"$WORK/report-$tag.json"
   t1=$(now)
-  echo "$t0 $t1" | awk '{printf "%.3f\n", $2 - $1}' >"$WORK/time-$name-$keep.txt"
-  "$BIN/moec-eval" --model "$WORK/$name-$keep" --base "$MODEL" "${evalargs[@]}" >"$WORK/eval-$name-$keep.json"
-  rm -rf "${WORK:?}/$name-$keep"
+  echo "$t0 $t1" | awk '{printf "%.3f\n", $2 - $1}' >"$WORK/time-$tag.txt"
+  "$BIN/moec-inspect" --json "$out" >"$WORK/inspect-$tag.json"
+  "$BIN/moec-eval" --model "$out" --base "$base" "${evalargs[@]}" >"$WORK/eval-$tag.json"
+  rm -rf "${out:?}"
 }
 
-S=(--stats "$WORK/all.stats")
-prune_methods=()
-if [ -x "$BIN/moec-prune" ]; then prune_methods=(freq stun dern easyep); fi
-for keep in 6 4; do
-  run moec-merge submoe-e0.99 "$keep" -- --method submoe "${S[@]}" --energy 0.99
-  run moec-merge submoe-e0.95 "$keep" -- --method submoe "${S[@]}" --energy 0.95
-  run moec-merge submoe-e0.9 "$keep" -- --method submoe "${S[@]}" --energy 0.9
-  run moec-merge submoe-r128 "$keep" -- --method submoe "${S[@]}" --rank 128
-  run moec-merge average "$keep" -- --method average "${S[@]}"
-  run moec-merge average-dominant "$keep" -- --method average "${S[@]}" --router dominant
-  run moec-merge submoe-kpp "$keep" -- --method submoe "${S[@]}" --init kmeans++
-  for p in "${prune_methods[@]}"; do
-    run moec-prune "prune-$p" "$keep" -- --method "$p" "${S[@]}"
+if [ "$TABLE_ONLY" != 1 ]; then
+for model in $MODELS; do
+  base=$(model_path "$model")
+  [ -d "$base" ] || { echo "results-merging: $base not found" >&2; exit 1; }
+  if [ ! -s "$WORK/calib-$model.json" ]; then
+    log "$model: calibrating on ${train[*]} ($TOKENS tokens)"
+    "$BIN/moec-calib" "$base" --text "${train[@]}" --tokens "$TOKENS" --threads "$THREADS" --quiet --json \
+      -o "$WORK/$model.stats" >"$WORK/calib-$model.json"
+  fi
+  if [ ! -s "$WORK/eval-base-$model.json" ]; then
+    log "$model: evaluating the original"
+    "$BIN/moec-eval" --model "$base" "${evalargs[@]}" >"$WORK/eval-base-$model.json"
+    "$BIN/moec-inspect" --json "$base" >"$WORK/inspect-base-$model.json"
+  fi
+  if [ "$model" = qwen3moe-fine ] && [ ! -s "$WORK/check-$model.json" ]; then
+    # moec-eval against the fixture's independent val figures (every
+    # position scored, its convention), and its reference logits
+    log "$model: checking moec-eval and the executor against reference/"
+    "$BIN/moec-eval" --model "$base" "${val[@]}" --ctx 256 --threads "$THREADS" --json --quiet \
+      >"$WORK/check-$model.json"
+    if [ -n "$TEST_EXEC" ] && [ -x "$TEST_EXEC" ]; then
+      MOEC_QWEN3MOE_FINE="$base" "$TEST_EXEC" >"$WORK/logits-$model.txt" 2>&1 || {
+        cat "$WORK/logits-$model.txt" >&2; echo "results-merging: reference logits differ" >&2; exit 1; }
+    fi
+  fi
+  E=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["experts_per_layer"][0])' "$WORK/inspect-base-$model.json")
+  F=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(min(d["expert_ffn"], d["hidden_size"]) // 2)' "$WORK/inspect-base-$model.json")
+  S=(--stats "$WORK/$model.stats")
+  M=("${text[@]}" --tokens "$TOKENS")
+  paper=(--features fold --router average --no-fit-down)
+  for keep in $((E * 3 / 4)) $((E / 2)); do
+    row "$model" "$keep" prune-freq moec-prune "" -- --method freq "${S[@]}"
+    row "$model" "$keep" prune-easyep moec-prune "" -- --method easyep "${S[@]}"
+    row "$model" "$keep" average moec-merge "" -- --method average "${M[@]}"
+    row "$model" "$keep" submoe-rank moec-merge .moec -- --method submoe "${M[@]}" "${paper[@]}" --rank "$F" --factored
+    row "$model" "$keep" submoe-dagger moec-merge .moec -- --method submoe "${M[@]}" "${paper[@]}" --rank "$F" --whiten --factored
+    row "$model" "$keep" submoe-joint2 moec-merge "" -- --method submoe "${M[@]}" "${paper[@]}" --cluster joint2
+    row "$model" "$keep" avg-router moec-merge "" -- --method average "${M[@]}" --router fit
+    row "$model" "$keep" avg-down moec-merge "" -- --method average "${M[@]}" --fit-down
+    row "$model" "$keep" avg-down-router moec-merge "" -- --method average "${M[@]}" --fit-down --router fit
+    row "$model" "$keep" dagger-fit moec-merge .moec -- --method submoe "${M[@]}" --features fold --rank "$F" --whiten --factored
+    fitted=(--features neurons --fit-down)
+    row "$model" "$keep" neurons-down moec-merge "" -- --method submoe "${M[@]}" "${fitted[@]}" --router average
+    row "$model" "$keep" neurons-down-router moec-merge "" -- --method submoe "${M[@]}" "${fitted[@]}" --router fit
+    row "$model" "$keep" neurons-down-joint2 moec-merge "" -- --method submoe "${M[@]}" "${fitted[@]}" --router average --cluster joint2
+    row "$model" "$keep" neurons-down-router-joint2 moec-merge "" -- --method submoe "${M[@]}" "${fitted[@]}" --router fit --cluster joint2
+    # the default (moec-merge --method submoe with nothing else): its calibration order and quantization
+    row "$model" "$keep" default-parallel moec-merge "" -- --method submoe "${M[@]}" --parallel-calib
+    row "$model" "$keep" default-q4 moec-merge .moec -- --method submoe "${M[@]}" --quant-bits 4
+    row "$model" "$keep" dagger-fit-q4 moec-merge .moec -- --method submoe "${M[@]}" --features fold --rank "$F" --whiten --factored --quant-bits 4
   done
 done
 fi
 
 log "writing $OUT"
 mkdir -p "$(dirname "$OUT")"
-python3 - "$WORK" "$OUT" "$TOKENS" <<'PY'
+python3 - "$WORK" "$OUT" "$TOKENS" "$MODELS" "$SHARED" "$DEFAULT_ROW" <<'PY'
 import json, os, sys
 
-work, out, tokens = sys.argv[1], sys.argv[2], int(sys.argv[3])
-prune = [p for p in ("freq", "stun", "dern", "easyep")
-         if os.path.exists(os.path.join(work, f"report-prune-{p}-6.json"))]
+work, out, tokens, models, shared = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].split(), sys.argv[5]
+DEFAULT = sys.argv[6]
 
 def load(name):
     with open(os.path.join(work, name)) as f:
         return json.load(f)
 
-def seconds(name):
-    with open(os.path.join(work, name)) as f:
-        return float(f.read())
+def have(name):
+    path = os.path.join(work, name)
+    return os.path.exists(path) and os.path.getsize(path) > 0
 
-calib = load("calib.json")
-base = load("eval-base.json")
 files = ["drama.val.txt", "scripture.val.txt", "python.val.txt", "c.val.txt"]
 short = ["drama", "scripture", "python", "c"]
-merge_rows = [
-    ("submoe-e0.99", "Sub-MoE, energy 0.99 (default)"),
-    ("submoe-e0.95", "Sub-MoE, energy 0.95"),
-    ("submoe-e0.9", "Sub-MoE, energy 0.9"),
-    ("submoe-r128", "Sub-MoE, rank 128"),
-    ("average", "average"),
-    ("average-dominant", "average, dominant member's router row"),
-    ("submoe-kpp", "Sub-MoE, energy 0.99, k-means++ seeding (the paper's)"),
+ROWS = [
+    ("prune-freq", "prune: frequency", "baseline"),
+    ("prune-easyep", "prune: EASY-EP", "baseline"),
+    ("average", "average (frequency-weighted)", "baseline"),
+    ("submoe-rank", "Sub-MoE, rank r, factored", "paper"),
+    ("submoe-dagger", "Sub-MoE†, rank r, factored", "paper"),
+    ("submoe-joint2", "Sub-MoE, 2-layer adaptive clustering", "paper"),
+    ("avg-router", "average + router fit", "fit"),
+    ("avg-down", "average + w2 fit", "fit"),
+    ("avg-down-router", "average + w2 fit + router fit", "fit"),
+    ("dagger-fit", "Sub-MoE†, rank r, factored + w2 fit + router fit", "fit"),
+    ("neurons-down", "neurons + w2 fit", "fit"),
+    ("neurons-down-router", "neurons + w2 fit + router fit", "fit"),
+    ("neurons-down-joint2", "neurons + w2 fit, 2-layer adaptive clustering", "fit"),
+    ("neurons-down-router-joint2", "neurons + w2 fit + router fit, 2-layer adaptive clustering", "fit"),
+    ("default-parallel", "default, layers calibrated on the original's inputs", "fit"),
+    ("default-q4", "default, experts 4-bit RTN", "quant"),
+    ("dagger-fit-q4", "Sub-MoE† factored + fits, 4-bit RTN factors", "quant"),
 ]
-prune_names = {"freq": "prune: frequency", "stun": "prune: STUN", "dern": "prune: DERN", "easyep": "prune: EASY-EP"}
-rows = merge_rows + [("prune-" + p, prune_names.get(p, "prune: " + p)) for p in prune]
-res = {}
-for keep in (6, 4):
-    for key, _ in rows:
-        res[(key, keep)] = (load(f"report-{key}-{keep}.json"), load(f"eval-{key}-{keep}.json"),
-                            seconds(f"time-{key}-{keep}.txt"))
+NAME = {k: v for k, v, _ in ROWS}
+NAME[DEFAULT] = f"**{NAME[DEFAULT]} (default)**"
 
 def f(x, nd=2):
     return f"{x:.{nd}f}"
 
-def kl(key, keep):
-    return res[(key, keep)][1]["kld_mean"]
+def counts(model):
+    e = load(f"inspect-base-{model}.json")["experts_per_layer"][0]
+    return [e * 3 // 4, e // 2]
 
-def mc(key, keep):
-    return res[(key, keep)][1]["mc_acc"]
+models = [m for m in models if have(f"inspect-base-{m}.json") and have(f"eval-base-{m}.json")]
+res = {}
+for model in models:
+    for keep in counts(model):
+        for key, _, _ in ROWS:
+            tag = f"{model}-{key}-{keep}"
+            if not all(have(f"{p}-{tag}.{x}") for p, x in
+                       (("eval", "json"), ("report", "json"), ("inspect", "json"), ("time", "txt"))):
+                continue
+            t = float(open(os.path.join(work, f"time-{tag}.txt")).read())
+            res[(model, keep, key)] = (load(f"report-{tag}.json"), load(f"eval-{tag}.json"),
+                                       load(f"inspect-{tag}.json"), t)
+
+def kl(model, keep, key):
+    r = res.get((model, keep, key))
+    return r[1]["kld_mean"] if r else None
 
 L = []
 w = L.append
-w("# Expert merging on mixtral-tiny")
+w("# Expert merging: Sub-MoE and a merge fitted to the experts' outputs")
 w("")
-w("Generated by `scripts/results-merging.sh` (do not edit by hand; rerun the script). Model: "
-  "`models/mixtral-tiny` (8 experts per layer, top-2, 4 MoE layers, 15.5M parameters, BF16). "
-  f"Calibration: `moec-calib` on the four `corpus/*.train.txt`, {tokens} tokens in all "
-  f"({tokens // 4} per domain), expert-output similarities on the first 4096 tokens each layer sees "
-  f"(all four domains), {calib['seconds']:.1f} s; every row reads the same statistics file. "
-  "Evaluation: `moec-eval --ctx 256 --score-from half` on the four `corpus/*.val.txt` (every window from an empty cache, "
-  "the second half of each window scored, as `baselines.md`) against the original model for KL and top-1 agreement, and "
-  "`corpus/mc.val.jsonl` (400 items, accuracy by summed log-likelihood). Run time: the whole "
-  "`moec-merge` / `moec-prune` call (loading, clustering or scoring, merging, writing the checkpoint), "
-  "the shared calibration excluded.")
+w("Generated by `scripts/results-merging.sh` (do not edit by hand; rerun the script). Two trained MoE models: "
+  "`models/mixtral-tiny` (Mixtral, 4 MoE layers of 8 experts, top-2, expert FFN 512, hidden 256) and "
+  "`qwen3moe-fine` (`../shared/fixtures`, Qwen3-MoE, 4 MoE layers of 32 fine-grained experts, top-4, "
+  "expert FFN 128, hidden 256), both trained on the four corpus domains. Each is cut to 75% and 50% of its "
+  "experts per layer.")
 w("")
-b = base
-w("Original model: perplexity " + ", ".join(f"{s} {f(b['files'][fn]['perplexity'])}" for s, fn in zip(short, files))
-  + f"; multiple-choice accuracy {f(100 * b['mc_acc'], 1)}% (chance is about 25%).")
+w(f"Calibration: {tokens} tokens of the four `corpus/*.train.txt` ({tokens // 4} per domain, windows of 256): "
+  "`moec-calib` statistics for the pruning rows, the same text given to `moec-merge --text` for every merge "
+  "(clustering reads expert-output cosines on the first 4096 of each layer's tokens). Evaluation: "
+  "`moec-eval --ctx 256 --score-from half` on the four `corpus/*.val.txt` against the original model "
+  "(every window from an empty cache, the second half of each window scored, as `baselines.md`): "
+  "perplexity per domain, mean KL(original ‖ merged) and top-1 agreement over the scored positions. "
+  "*bytes*: the weight bytes of the output (`moec-inspect`: all tensors, factors and quantized codes + "
+  "scales + zeros as stored). *time*: the whole `moec-merge` / `moec-prune` call (loading, calibration passes, "
+  "clustering, merging, writing), measured on a shared 2-core machine under load from other jobs, so "
+  "indicative only; the pruning rows read ready statistics (their calibration, about as long as one "
+  "merge calibration pass, is not in their time).")
 w("")
-if prune:
-    w("Pruning rows: `moec-prune --method " + "|".join(prune) + "` with default options on the same statistics.")
-else:
-    w("Pruning rows: none (`moec-prune` was not built when this ran).")
+w("Rows (all `moec-merge` rows cluster with Sub-MoE's K-means on expert-output cosines, frequency-seeded, "
+  "unless they say 2-layer):")
+w("")
+w("- *prune: frequency / EASY-EP*: `moec-prune --method freq|easyep` (docs/results/pruning.md).")
+w("- *average*: `moec-merge --method average`: the members' weights and router rows averaged by routing "
+  "frequency (M-SMoE style).")
+w("- *Sub-MoE, rank r, factored*: `--method submoe --features fold --router average --no-fit-down --rank r "
+  "--factored`: the paper's subspace merge (one SVD of the group's members side by side, shared U, "
+  "frequency-merged V, Eqs. 5-8) truncated to r = min(f, d)/2 and stored as its two factors U_r and "
+  "U_rᵀ W (a quarter fewer parameters in each merged matrix). At full rank it is *average* exactly.")
+w("- *Sub-MoE†*: the same with `--whiten`: the SVD of the members whitened by their calibration inputs, "
+  "truncated there and mapped back (the paper's Eqs. 10-12).")
+w("- *2-layer adaptive clustering*: `--cluster joint2`, the paper's multi-layer allocation: the experts of "
+  "layers 0+1 and 2+3 clustered together on cosines across both layers, so each layer's count adapts and "
+  "their sum is kept (the table gives the counts).")
+w("- *fit* rows (this project's addition, `merge/merge_layer.h`): *router fit* solves each merged group's "
+  "router row by least squares for log Σ exp of its members' logits (its softmax probability ≈ the "
+  "members' sum); *w2 fit* solves the merged expert's down projection by least squares so that, with the "
+  "merged gate/up and the new gate, it reproduces the group's gate-weighted output Σ g_e y_e on every "
+  "calibration token routed to it (ridge 0.01 towards the merged w2, LAPACKE); *neurons*: the merged "
+  "expert keeps the f neurons (gate row, up row, down column) of all members that carry most of the "
+  "group's gated output. Layers are merged in order, each calibrated on the inputs the already merged "
+  "layers produce, unless the row says otherwise.")
+w("- *4-bit RTN*: `--quant-bits 4` (groups of 128): every routed expert weight, factors included, "
+  "quantized after the merge and written with it to one `.moec`.")
 w("")
 
-def table(keep):
-    w(f"## {keep} of 8 experts per layer ({100 - keep * 100 // 8}% fewer)")
+for model in models:
+    base = load(f"eval-base-{model}.json")
+    binfo = load(f"inspect-base-{model}.json")
+    E = binfo["experts_per_layer"][0]
+    r = min(binfo["expert_ffn"], binfo["hidden_size"]) // 2
+    w(f"## {model}")
     w("")
-    w("| method | ppl drama | ppl scripture | ppl python | ppl c | mean KL | top-1 agree | mc acc | mc kept | params | time |")
-    w("|---|---|---|---|---|---|---|---|---|---|---|")
-    for key, label in rows:
-        p, e, t = res[(key, keep)]
-        ppl = " | ".join(f(e["files"][fn]["perplexity"]) for fn in files)
-        w(f"| {label} | {ppl} | {f(e['kld_mean'], 4)} | {f(100 * e['top1_agreement'], 1)}% | "
-          f"{f(100 * e['mc_acc'], 1)}% | {f(100 * e['mc_acc'] / base['mc_acc'], 0)}% | "
-          f"{p['params_after'] / 1e6:.2f}M | {t:.2f} s |")
+    w(f"Original: {binfo['params_total'] / 1e6:.2f}M parameters, {binfo['weight_bytes'] / 2**20:.2f} MiB of "
+      "weights; perplexity " + ", ".join(f"{s} {f(base['files'][fn]['perplexity'])}" for s, fn in zip(short, files))
+      + f". Rank r of the truncated rows: {r}.")
     w("")
+    if model == "qwen3moe-fine" and have(f"check-{model}.json"):
+        chk = load(f"check-{model}.json")
+        ref = json.load(open(os.path.join(shared, model, "reference", "val_eval.json")))
+        devs = []
+        for fn in files:
+            a, b = chk["files"][fn]["perplexity"], ref[fn]["perplexity"]
+            devs.append(abs(a - b) / b)
+        w("Checks against the fixture's independent PyTorch figures: `moec-eval` (every position scored) gives "
+          "perplexity " + ", ".join(f"{s} {f(chk['files'][fn]['perplexity'], 4)} (reference "
+                                    f"{f(ref[fn]['perplexity'], 4)})" for s, fn in zip(short, files))
+          + f": largest deviation {100 * max(devs):.4f}% (tolerance 0.5%"
+          + (", passed" if max(devs) < 0.005 else ", FAILED") + ").")
+        lt = os.path.join(work, f"logits-{model}.txt")
+        if os.path.exists(lt):
+            lines = [x.strip("# \n") for x in open(lt) if "qwen3moe-fine" in x and "rel err" in x]
+            if lines:
+                w("Reference logits (`reference/logits.f32`, 64 tokens; `test_exec` with `MOEC_QWEN3MOE_FINE` "
+                  "set): " + "; ".join(x.split(": ", 1)[1] for x in lines) + " (tolerance 1e-3 of the largest logit).")
+        w("")
+    for keep in counts(model):
+        w(f"### {keep} of {E} experts per layer ({100 - keep * 100 // E}% fewer)")
+        w("")
+        w("| method | ppl drama | ppl scripture | ppl python | ppl c | mean KL | top-1 agree | experts per layer | bytes | time |")
+        w("|---|---|---|---|---|---|---|---|---|---|")
+        for key, label, _ in ROWS:
+            v = res.get((model, keep, key))
+            if not v:
+                continue
+            rep, e, ins, t = v
+            label = NAME[key]
+            ppl = " | ".join(f(e["files"][fn]["perplexity"]) for fn in files)
+            per = "/".join(str(int(x)) for x in ins["experts_per_layer"])
+            w(f"| {label} | {ppl} | {f(e['kld_mean'], 4)} | {f(100 * e['top1_agreement'], 1)}% | {per} | "
+              f"{ins['weight_bytes'] / 2**20:.2f} MiB | {t:.0f} s |")
+        w("")
 
-table(6)
-table(4)
-
-def mean(vals):
-    return sum(vals) / len(vals) if vals else 0.0
-
-def merged_groups(key, keep):
-    return [g for l in res[(key, keep)][0]["layers"] for g in l["groups"] if len(g["members"]) > 1]
-
-def unrelated(g):
-    # distance of each member from the weighted average if the members were
-    # mutually orthogonal matrices of equal norm: (1 - w_e)^2 + sum_{j != e} w_j^2
-    ws = g["weights"]
-    return [((1 - we) ** 2 + sum(wj * wj for j, wj in enumerate(ws) if j != e)) ** 0.5 for e, we in enumerate(ws)]
-
-w("## What the Sub-MoE truncation kept")
+# per-layer output error of the merges on calibration inputs
+w("## What each step does to the layers")
 w("")
-w("Per merged group and weight kind, the rank kept out of the concatenation's singular values "
-  "(w1/w3: [512][256·m], at most 512; w2: [256][512·m], at most 256), averaged over the merged groups of all "
-  "layers; the members' relative reconstruction error in the shared basis, ‖W_e − U_r S_r V_eᵀ‖/‖W_e‖; and "
-  "the relative distance of the merged expert from its members, ‖W_G − W_e‖/‖W_e‖, next to the value it "
-  "would have if the members were unrelated (mutually orthogonal, equal norms: √((1−w_e)² + Σ_{j≠e} w_j²), "
-  "0.71 for an equal pair). \"factored\" is the parameter count if every merged matrix were stored as U_r and "
-  "S_r V_Gᵀ (smaller than dense only where r·(rows+cols) < rows·cols).")
+w("Relative output error of the merged MoE blocks on calibration inputs, Σ‖y_merged − y‖² / Σ‖y‖² over the "
+  "first 8192 calibration tokens of each layer (y: the routed experts' gated sum of the original layer on "
+  "the same inputs), averaged over the layers, and the share of tokens whose top-1 group holds their original "
+  "top-1 expert, from `moec-merge --json`:")
 w("")
-w("| method | kept | merged groups (sizes) | mean rank w1/w3/w2 | energy kept | member recon. error | merged ↔ member | if unrelated | params dense | params factored |")
-w("|---|---|---|---|---|---|---|---|---|---|")
-for keep in (6, 4):
-    for key, label in merge_rows:
-        if key in ("average-dominant", "submoe-kpp"):
+hdr = "| method | " + " | ".join(f"{m} {k}" for m in models for k in counts(m)) + " |"
+w(hdr)
+w("|---|" + "---|" * (len(hdr.split("|")) - 3))
+for key, label, kind in ROWS:
+    if kind == "baseline" and key != "average":
+        continue
+    cells, any_ = [], False
+    for model in models:
+        for keep in counts(model):
+            v = res.get((model, keep, key))
+            ls = [l for l in v[0].get("layers", []) if "out_err" in l] if v else []
+            if ls:
+                any_ = True
+                err = sum(l["out_err"] for l in ls) / len(ls)
+                agree = sum(l["top1_agree"] for l in ls) / len(ls)
+                cells.append(f"{f(err, 3)} / {f(100 * agree, 0)}%")
+            else:
+                cells.append("—")
+    if any_:
+        w(f"| {label} | " + " | ".join(cells) + " |")
+w("")
+
+# verdicts
+w("## Does merging beat pruning here?")
+w("")
+for model in models:
+    for keep in counts(model):
+        d, fr, ez = kl(model, keep, DEFAULT), kl(model, keep, "prune-freq"), kl(model, keep, "prune-easyep")
+        av, sd = kl(model, keep, "average"), kl(model, keep, "submoe-dagger")
+        if None in (d, fr, ez):
             continue
-        p = res[(key, keep)][0]
-        groups = merged_groups(key, keep)
-        merged = mean([x for g in groups for k in ("w1", "w3", "w2") for x in g[k]["merged_err"]])
-        unrel = mean([x for g in groups for x in unrelated(g)])
-        if key.startswith("submoe"):
-            ranks = "/".join(f(mean([g[k]["rank"] for g in groups]), 0) for k in ("w1", "w3", "w2"))
-            energy = f(mean([g[k]["energy"] for g in groups for k in ("w1", "w3", "w2")]), 3)
-            recon = f(mean([x for g in groups for k in ("w1", "w3", "w2") for x in g[k]["recon_err"]]), 3)
-            fact = f"{p['params_factored'] / 1e6:.2f}M"
-        else:
-            ranks, energy, recon, fact = "—", "—", "—", "—"
-        sizes = "+".join(str(len(g["members"])) for g in groups)
-        w(f"| {label} | {keep} | {len(groups)} ({sizes}) | {ranks} | {energy} | {recon} | {f(merged, 3)} | "
-          f"{f(unrel, 3)} | {p['params_after'] / 1e6:.2f}M | {fact} |")
+        E = load(f"inspect-base-{model}.json")["experts_per_layer"][0]
+        w(f"- **{model}, {keep} of {E}**: the default merge has mean KL {f(d, 4)}, frequency pruning {f(fr, 4)} "
+          f"({100 * (d - fr) / fr:+.0f}% for the merge: {'better' if d < fr else 'worse'}), EASY-EP {f(ez, 4)} "
+          f"({100 * (d - ez) / ez:+.0f}%: {'better' if d < ez else 'worse'})"
+          + (f"; averaging {f(av, 4)}" if av is not None else "")
+          + (f", Sub-MoE† {f(sd, 4)}" if sd is not None else "") + ".")
 w("")
 
-w("## Does Sub-MoE beat averaging and pruning here?")
+def cmp(a, b):
+    if a is None or b is None:
+        return None
+    return a < b
+
+def list_cases(pred):
+    out = []
+    for model in models:
+        for keep in counts(model):
+            out.append(pred(model, keep))
+    return out
+
+def summary(key_a, key_b):
+    """How often row a has lower KL than row b, over every model and count."""
+    vals = [cmp(kl(m, k, key_a), kl(m, k, key_b)) for m in models for k in counts(m)]
+    vals = [v for v in vals if v is not None]
+    return sum(vals), len(vals)
+
+def pairs(key_a, key_b):
+    return "; ".join(f"{m} {k}: {f(kl(m, k, key_a), 4)} vs {f(kl(m, k, key_b), 4)}"
+                     for m in models for k in counts(m)
+                     if kl(m, k, key_a) is not None and kl(m, k, key_b) is not None)
+
+dk = [(m, k) for m in models for k in counts(m) if None not in (kl(m, k, DEFAULT), kl(m, k, "prune-freq"),
+                                                                 kl(m, k, "prune-easyep"))]
+if dk:
+    bf = sum(kl(m, k, DEFAULT) < kl(m, k, "prune-freq") for m, k in dk)
+    be = sum(kl(m, k, DEFAULT) < kl(m, k, "prune-easyep") for m, k in dk)
+    w(f"In short: the default merge (*{NAME[DEFAULT].strip('*')}*) has a lower mean KL than frequency pruning "
+      f"in {bf} of {len(dk)} cases and than EASY-EP in {be} of {len(dk)}. Not tried here: the held-out "
+      "Qwen2-MoE (16 experts, top-4, shared expert) of the issue, which this machine does not have.")
+    w("")
+w("## The paper's parts, measured")
 w("")
-sub_rows = [r for r, _ in merge_rows if r.startswith("submoe")]
-best_sub = {k: min(sub_rows, key=lambda r: kl(r, k)) for k in (6, 4)}
-verdicts = []
-for keep in (6, 4):
-    s, a = best_sub[keep], "average"
-    beats_avg = kl(s, keep) < kl(a, keep)
-    parts = [f"**{keep} of 8**: the best Sub-MoE row ({dict(merge_rows)[s]}) has mean KL {f(kl(s, keep), 4)}, "
-             f"averaging {f(kl(a, keep), 4)} ({100 * (kl(s, keep) - kl(a, keep)) / kl(a, keep):+.1f}% for Sub-MoE: "
-             f"{'better' if beats_avg else 'worse'})"]
-    if prune:
-        bp = min(("prune-" + p for p in prune), key=lambda r: kl(r, keep))
-        parts.append(f"the best pruning row ({prune_names.get(bp[6:], bp)}) {f(kl(bp, keep), 4)} "
-                     f"({100 * (kl(s, keep) - kl(bp, keep)) / kl(bp, keep):+.0f}% for Sub-MoE: "
-                     f"{'better' if kl(s, keep) < kl(bp, keep) else 'worse'}), frequency pruning "
-                     f"{f(kl('prune-freq', keep), 4)}" if "freq" in prune else "")
-        parts.append(f"multiple-choice accuracy {f(100 * mc(s, keep), 1)}% (Sub-MoE) / {f(100 * mc(a, keep), 1)}% "
-                     f"(average) / {f(100 * mc(bp, keep), 1)}% (best pruning), original {f(100 * base['mc_acc'], 1)}%")
-    w("- " + "; ".join(x for x in parts if x) + ".")
+b, n = summary("submoe-dagger", "submoe-rank")
+w(f"- **Sub-MoE† (activation-aware truncation)** against the plain truncated SVD at the same rank and bytes: "
+  f"lower KL in {b} of {n} cases ({pairs('submoe-dagger', 'submoe-rank')}). Both truncate the average "
+  "(U_r U_rᵀ Σ w_e W_e: the merge itself is the average); whitening only chooses which r directions of it "
+  "survive, so neither can do better than *average* (full rank) except by luck, and the factored form "
+  "saves a quarter of each merged matrix.")
+b, n = summary("submoe-joint2", "average")
+w(f"- **2-layer adaptive clustering** (with the paper's merge, full rank) against per-layer clustering "
+  f"(*average*): lower KL in {b} of {n} cases ({pairs('submoe-joint2', 'average')}); with the fitted merge "
+  f"(neurons + w2 fit + router fit, 2-layer against per-layer): "
+  f"{summary('neurons-down-router-joint2', 'neurons-down-router')[0]} of "
+  f"{summary('neurons-down-router-joint2', 'neurons-down-router')[1]} "
+  f"({pairs('neurons-down-router-joint2', 'neurons-down-router')}). The counts it chose are in the "
+  "*experts per layer* column.")
+b, n = summary("average", "prune-freq")
+w("- **Sub-MoE's merge itself** (shared-basis SVD, frequency-merged V): at full rank it is the "
+  "frequency-weighted average exactly (U Uᵀ W_e = W_e for every member, tested), so the *average* row is "
+  f"the paper's basic merge. It beats frequency pruning in {b} of {n} cases ({pairs('average', 'prune-freq')}): "
+  "on these models, whose experts were trained apart and share no neuron order, blending weights loses what "
+  "the experts computed.")
 w("")
-order = {k: [kl(r, k) for r in ("average", "submoe-e0.99", "submoe-e0.95", "submoe-e0.9")] for k in (6, 4)}
-monotone = all(all(x[i] <= x[i + 1] for i in range(len(x) - 1)) for x in order.values())
-w("In short: " + ("Sub-MoE does not beat averaging here, and neither merging method comes close to pruning. "
-                  if all(kl(best_sub[k], k) >= kl("average", k) for k in (6, 4)) else
-                  "Sub-MoE and averaging are within a few percent of each other. ")
-  + "The paper (arXiv 2506.23266) reports that Sub-MoE keeps 96% / 86% of Mixtral-8x7B's zero-shot accuracy "
-  "with 25% / 50% fewer experts and beats pruning and earlier merging there. The \"mc kept\" column is the "
-  "analogue on this model, but 400 four-way items on a model that scores about 30% leave differences of a few "
-  "points within noise; mean KL and perplexity are the informative columns.")
+w("## The fit, step by step")
 w("")
-w("Why:")
+for a, b_ in [("avg-router", "average"), ("avg-down", "average"), ("avg-down-router", "avg-down"),
+              ("neurons-down", "avg-down"), ("neurons-down-router", "neurons-down"),
+              ("neurons-down-joint2", "neurons-down"), ("neurons-down-router-joint2", "neurons-down-router"),
+              ("dagger-fit", "submoe-dagger"), ("default-parallel", DEFAULT)]:
+    c, n = summary(a, b_)
+    w(f"- *{NAME[a]}* against *{NAME[b_]}*: lower KL in {c} of {n} ({pairs(a, b_)}).")
 w("")
-w("- **At full rank Sub-MoE *is* the frequency-weighted average.** The shared basis U of "
-  "[W_1 | … | W_m] satisfies U Uᵀ W_e = W_e for every member, so U S V_Gᵀ = Σ w_e U S V_eᵀ = Σ w_e W_e: "
-  "merging the V blocks with the frequencies averages the weights, written in the group's basis (tested: "
-  "`submoe` at full rank reproduces `average`). Truncated to rank r it is U_r U_rᵀ (Σ w_e W_e), the average "
-  "projected onto the group's r strongest shared directions, so the truncation is the only difference, and "
-  + ("on this model every step down in energy moves the result further from the original model "
-     "(average, then energy 0.99, 0.95, 0.9 in increasing KL at both counts"
-     + ("; rank 128 worse still). " if all(kl("submoe-r128", k) > kl("submoe-e0.9", k) for k in (6, 4)) else "). ")
-     if monotone else "on this model lowering the energy does not improve the result consistently. ")
-  + "The shared basis removes no conflict that averaging has; it only decides which directions of the "
-  "average survive.")
-pair_unrel = mean([x for g in merged_groups("average", 6) for x in unrelated(g)])
-pair_merged = mean([x for g in merged_groups("average", 6) for k in ("w1", "w3", "w2") for x in g[k]["merged_err"]])
-dern_note = ""
-if "dern" in prune and "dern" in res[("prune-dern", 4)][0]:
-    d = res[("prune-dern", 4)][0]["dern"]
-    dern_note = (f" Aligning neurons first (M-SMoE's permutation step) would not rescue it either: moec-prune's DERN "
-                 f"report finds that a neuron's best match in another expert has cosine {f(d['best_cosine_mean'], 2)} "
-                 f"on average (at most {f(d['best_cosine_max'], 2)}).")
-alike = pair_merged >= 0.95 * pair_unrel
-w(("- **These experts have nothing in common to merge.** " if alike else "- **How related the merged experts are.** ")
-  + f"At 6 of 8 a merged expert sits at {f(pair_merged, 3)} "
-  f"(relative distance) from its members, against {f(pair_unrel, 3)} if the members were unrelated matrices"
-  + (": the members of a group are as different as independent random matrices. " if alike else ". ")
-  + "mixtral-tiny's experts appear to have been "
-  "trained from independent random initialisations, so neuron i of one expert has nothing to do with neuron i "
-  "of another, and a blend is close to none of them. Mixtral-8x7B's experts are believed to have been "
-  "upcycled from one dense FFN and stay related, which is the setting where the paper measured weight "
-  "merging." + dern_note)
-if prune:
-    w("- **Pruning keeps intact experts.** Dropping the least useful experts leaves the rest exact and lets the "
-      "router send their tokens to their next choice; on a model whose experts are unrelated that costs less "
-      "than replacing groups of experts by a blend of them.")
-dom = {k: kl("average-dominant", k) < kl("average", k) for k in (6, 4)}
-w("- **Router rule**: taking the most routed member's row instead of the weighted average of the rows is "
-  + ("better at both counts" if all(dom.values()) else "worse at both counts" if not any(dom.values()) else
-     "better at 6 of 8 and worse at 4 of 8" if dom[6] else "worse at 6 of 8 and better at 4 of 8")
-  + f" (mean KL {f(kl('average-dominant', 6), 4)} vs {f(kl('average', 6), 4)}, "
-  f"{f(kl('average-dominant', 4), 4)} vs {f(kl('average', 4), 4)}); the difference is small next to the gap to pruning.")
-kpp = {k: kl("submoe-kpp", k) < kl("submoe-e0.99", k) for k in (6, 4)}
-w("- **Seeding**: the paper seeds its clustering with k-means++; moec seeds with the most routed experts by "
-  "default (one per group, so the busiest experts are never merged with each other). k-means++ (8 seeded "
-  "restarts, the lowest inertia kept) is "
-  + ("better at both counts" if all(kpp.values()) else "worse at both counts" if not any(kpp.values()) else
-     "better at 6 of 8 and worse at 4 of 8" if kpp[6] else "worse at 6 of 8 and better at 4 of 8")
-  + f" here (mean KL {f(kl('submoe-kpp', 6), 4)} vs {f(kl('submoe-e0.99', 6), 4)} at 6 of 8, "
-  f"{f(kl('submoe-kpp', 4), 4)} vs {f(kl('submoe-e0.99', 4), 4)} at 4 of 8). Frequency seeding keeps the "
-  "N most routed experts in different groups; k-means++ follows output similarity alone and may blend two "
-  "busy experts, which the routing then feels on many tokens.")
+w("Why the fit works where weight merging fails: the merged expert is judged by what it computes on the tokens "
+  "it will see, not by how close its weights are to its members'. Averaging (and Sub-MoE, which projects the "
+  "average) blends neuron i of one expert with neuron i of another; for experts trained from different "
+  "initialisations those neurons are unrelated, so the blend is close to none of them. Keeping the most "
+  "important whole neurons of the group keeps functions that exist, the w2 fit recombines them to reproduce "
+  "the group's output (it can also use a kept neuron of one member to stand in for a dropped one of another "
+  "where their activations correlate), and the router fit sends the merged expert the tokens its members "
+  "had. Pruning keeps whole experts exact but gives their dropped partners' tokens to whichever expert ranks "
+  "next, with nothing fitted to them.")
 w("")
-w("## Choices made")
+w("## Bytes: the factored form and quantization")
 w("")
-w("- Clustering: kernel K-means on the mean output-cosine matrix (K-means on the experts' normalised outputs, "
-  "the paper's objective), seeded with the N most routed experts (merge/kmeans.h's reading of the paper, not "
-  "checked against its full text); k-means++ with restarts is `--init kmeans++`.")
-w("- Shared side: every kind is concatenated along its input axis ([W_a | W_b | …]), so U spans the "
-  "intermediate space for w1/w3 and the hidden space for w2, as the paper shares U.")
-w("- Merge weights: routing counts (the paper's frequency f); `--weights gate` uses gate mass instead. "
-  "Router: the members' rows averaged with the same weights (the paper's router rule could not be checked "
-  "against its full text; the dominant member's row is the alternative measured above).")
-smaller = [dict(merge_rows)[r] for r in sub_rows
-           if all(res[(r, k)][0]["params_factored"] < res[(r, k)][0]["params_after"] for k in (6, 4))]
-w("- Default truncation energy 0.99: "
-  + ("the best of the truncations tried here and " if all(best_sub[k] == "submoe-e0.99" for k in (6, 4)) else "")
-  + "the closest to the average; at energy 1 `submoe` is `average` exactly. A lower energy or rank only pays "
-  "off if the factors are stored instead of the dense matrix, which needs r·(rows+cols) < rows·cols (the "
-  "\"params factored\" column; below the dense count here: " + (", ".join(smaller) if smaller else "none") + ").")
-w("- Run times were measured on a shared 2-core machine under load from other jobs; they are indicative only.")
+w("The factored rows store each truncated merged matrix as U_r [rows][r] and U_rᵀW [r][cols] in the `.moec` "
+  "file (`X.u.weight`, `X.v.weight`, docs/format.md); `moec-inspect` counts the factors, and the executor "
+  "runs them as two products (`exec/lowrank.h`) without rebuilding the dense matrix. `--quant-bits` then "
+  "quantizes the factors like any expert matrix (`merge/merge_quant.h`).")
+w("")
+w("| model | kept | default (dense) | Sub-MoE† factored | default, 4-bit | Sub-MoE† factored + fits, 4-bit |")
+w("|---|---|---|---|---|---|")
+for model in models:
+    for keep in counts(model):
+        cells = []
+        for key in (DEFAULT, "submoe-dagger", "default-q4", "dagger-fit-q4"):
+            v = res.get((model, keep, key))
+            cells.append(f"{v[2]['weight_bytes'] / 2**20:.2f} MiB, KL {f(v[1]['kld_mean'], 4)}" if v else "—")
+        w(f"| {model} | {keep} | " + " | ".join(cells) + " |")
 w("")
 with open(out, "w") as fh:
     fh.write("\n".join(L) + "\n")

@@ -77,6 +77,11 @@ static moec_merge_opts opts_for(moec_merge_method method, int keep)
     moec_merge_opts o = MOEC_MERGE_OPTS_DEFAULT;
     o.method = method;
     o.keep = keep;
+    /* statistics only: the folds of the methods themselves, as published */
+    o.features = MOEC_MERGE_FEAT_METHOD;
+    o.router = MOEC_MERGE_ROUTER_AVERAGE;
+    o.fit_down = false;
+    o.energy = 0.99;
     return o;
 }
 

@@ -12,6 +12,7 @@
 #include "calib/calib.h"
 #include "exec/exec.h"
 #include "formats/container.h"
+#include "merge/acts.h"
 #include "merge/merge.h"
 #include "model/model.h"
 #include "model/model_sink.h"
@@ -289,9 +290,12 @@ static void test_prune_merge_streamed(void **state)
             assert_int_equal(r1.n_notes, r2.n_notes);
             moec_prune_report_free(&r1), moec_prune_report_free(&r2);
         } else {
+            /* the default merge: neurons, fitted w2 and router, calibrated on windows */
+            const moec_merge_windows mw = {.ids = ids, .window_len = len, .n_windows = 4};
             moec_merge_opts mo = MOEC_MERGE_OPTS_DEFAULT;
             mo.keep = 5;
             mo.threads = 2;
+            mo.windows = &mw;
             moec_merge_report r1, r2;
             assert_int_equal(moec_merge_model(m, st, &mo, &x, &r1, &err), MOEC_OK);
             mo.out_dir = b;

@@ -32,6 +32,11 @@ static void print_table(const cJSON *s)
     printf("\n");
     printf("weight bytes        %.0f (%.2f bits per weight)\n", NUM("weight_bytes"), NUM("bits_per_weight"));
     printf("file bytes          %.0f\n", NUM("file_bytes"));
+    const cJSON *fa = cJSON_GetObjectItem(s, "factored");
+    if (fa) /* merged experts stored as two factors */
+        printf("factored experts    %.0f weights: %.0f parameters (%.0f dense)\n",
+               cJSON_GetObjectItem(fa, "weights")->valuedouble, cJSON_GetObjectItem(fa, "params")->valuedouble,
+               cJSON_GetObjectItem(fa, "dense_params")->valuedouble);
 #undef NUM
 }
 

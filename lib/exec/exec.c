@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "core/threadpool.h"
+#include "exec/lowrank.h"
 #include "exec/matmul.h"
 #include "exec/ops.h"
 #include "core/qformat.h"
@@ -51,6 +52,8 @@ struct moec_exec {
     float *sgate;         /* [cap] shared-expert gate logits */
     float **scores;       /* per thread: [cap][max_ctx] attention scores */
     int act_bits;         /* moec_exec_opts.act_bits */
+    int64_t max_rank;     /* largest rank of a factored expert weight (lowrank.h), 0 if none */
+    float *lr;            /* max_rank: [max(cap, cap*top_k)][max_rank] inner product of a factored weight */
     float *aq;            /* act_bits: [max(cap, cap*top_k)][max(d, qdim, ffn_max)] quantized linear inputs */
 
     moec_moe_hook hook;
@@ -117,8 +120,9 @@ static void free_batch(moec_exec *ex)
     free(ex->x), free(ex->xn), free(ex->q), free(ex->k), free(ex->v), free(ex->att);
     free(ex->logits_e), free(ex->probs), free(ex->sel), free(ex->gates), free(ex->routed);
     free(ex->tok), free(ex->row_gate), free(ex->gx), free(ex->h1), free(ex->h3), free(ex->ye);
-    free(ex->sgate), free(ex->aq);
+    free(ex->sgate), free(ex->aq), free(ex->lr);
     ex->aq = NULL;
+    ex->lr = NULL;
     if (ex->scores)
         for (int t = 0; t < ex->n_threads; t++)
             free(ex->scores[t]);
@@ -130,8 +134,15 @@ static void free_batch(moec_exec *ex)
 /* Grows the batch buffers to hold n tokens. */
 static moec_status reserve_batch(moec_exec *ex, int n, moec_err *err)
 {
-    if (n <= ex->cap)
+    /* a model built while it runs (a layer-streaming merge) may gain
+     * factored weights after the executor was made: their rank sizes lr */
+    const int64_t rank = moec_model_max_rank(ex->m);
+    if (n <= ex->cap && rank <= ex->max_rank)
         return MOEC_OK;
+    if (rank > ex->max_rank)
+        ex->max_rank = rank;
+    if (n < ex->cap)
+        n = ex->cap;
     free_batch(ex);
     const moec_config *c = &ex->m->cfg;
     const size_t d = (size_t)c->hidden_size, E = (size_t)(max_experts(c) ? max_experts(c) : 1);
@@ -154,6 +165,8 @@ static moec_status reserve_batch(moec_exec *ex, int n, moec_err *err)
         w = w > (size_t)ex->ffn_max ? w : (size_t)ex->ffn_max;
         ok = (ex->aq = malloc((rows > cap ? rows : cap) * w * 4)) != NULL;
     }
+    if (ok && ex->max_rank)
+        ok = (ex->lr = malloc((rows > cap ? rows : cap) * (size_t)ex->max_rank * 4)) != NULL;
     if (!ok) {
         free_batch(ex);
         return moec_err_set(err, MOEC_ERR_NOMEM, "out of memory for a batch of %d tokens", n);
@@ -198,6 +211,7 @@ moec_status moec_exec_new(moec_exec **out, const moec_model *m, const moec_exec_
     ex->n_threads = o.threads;
     ex->max_ctx = o.max_ctx;
     ex->act_bits = o.act_bits;
+    ex->max_rank = moec_model_max_rank(m);
     ex->qdim = c->n_heads * c->head_dim;
     ex->kvdim = c->n_kv_heads * c->head_dim;
     ex->ffn_max = c->expert_ffn;
@@ -533,6 +547,26 @@ static void attention_block(moec_exec *ex, int l, int n)
  * then the down products (and, for routed experts, the gate-weighted sum
  * per token). Each worker takes the same slice of rows of every matrix. */
 
+/* Whether an FFN has a weight stored factored (merged experts, model.h). */
+static bool ffn_factored(const moec_ffn *f)
+{
+    return moec_factored_present(&f->w1f) || moec_factored_present(&f->w3f) || moec_factored_present(&f->w2f);
+}
+
+/* out[rows][d] (+)= w2 · (silu(w1 · X) ⊙ (w3 · X)) for an FFN with factored
+ * weights: each product runs whole as its two factors (lowrank.h) on the
+ * executor's pool, the inner product not activation-quantized. */
+static void ffn_apply_factored(moec_exec *ex, const moec_ffn *f, const float *X, int rows, float *out, bool accumulate)
+{
+    const int64_t ff = moec_ffn_inner(f);
+    X = act_quant(ex, X, rows, (int)moec_ffn_in(f));
+    moec_weight_matmul(ex->pool, ex->h1, X, rows, &f->w1, &f->w1f, ex->lr, false);
+    moec_weight_matmul(ex->pool, ex->h3, X, rows, &f->w3, &f->w3f, ex->lr, false);
+    moec_silu_mul(ex->h1, ex->h3, (int64_t)rows * ff);
+    moec_weight_matmul(ex->pool, out, act_quant(ex, ex->h1, rows, (int)ff), rows, &f->w2, &f->w2f, ex->lr,
+                       accumulate);
+}
+
 typedef struct ffn_group {
     const moec_ffn *f;
     int r0, rows;         /* its rows of X, H and Y */
@@ -564,6 +598,8 @@ static void ffn_up_worker(void *vjob, int t, int nt)
     while (claim_rows(&j->next_up, j->ff, j->ch_up, &a0, &b0))
         for (int gi = 0; gi < j->ng; gi++) {
             const ffn_group *g = &j->g[gi];
+            if (ffn_factored(g->f)) /* done before the runs */
+                continue;
             const int64_t ff = moec_tensor_rows(&g->f->w1), a = a0, b = b0 < ff ? b0 : ff;
             if (a >= b)
                 continue;
@@ -594,6 +630,8 @@ static void ffn_down_rows(ffn_job *j, int t, int64_t a, int64_t b)
     moec_exec *ex = j->ex;
     for (int gi = 0; gi < j->ng; gi++) {
         const ffn_group *g = &j->g[gi];
+        if (ffn_factored(g->f))
+            continue;
         moec_matmul_share(j->pool, t, j->Y + (size_t)g->r0 * j->d + a, j->d, j->H + (size_t)g->r0 * j->ldh, j->ldh,
                           g->rows, &g->f->w2, a, b, j->acc);
     }
@@ -615,11 +653,18 @@ static void ffn_run(moec_exec *ex, const ffn_group *g, int ng, const float *X, f
     int rows = 0;
     int64_t ffw = 0;
     double flops = 0;
+    /* factored FFNs (merged experts) first, each whole, before the runs
+     * reuse h1/h3 and the gate-weighted sum reads their rows of Y */
+    for (int i = 0; i < ng; i++)
+        if (ffn_factored(g[i].f))
+            ffn_apply_factored(ex, g[i].f, X + (size_t)g[i].r0 * d, g[i].rows, Y + (size_t)g[i].r0 * d, acc);
     for (int i = 0; i < ng; i++) {
+        rows = g[i].r0 + g[i].rows > rows ? g[i].r0 + g[i].rows : rows;
+        if (ffn_factored(g[i].f))
+            continue;
         const int64_t ff = moec_tensor_rows(&g[i].f->w1);
         ffw = ff > ffw ? ff : ffw;
         flops += 6.0 * g[i].rows * (double)ff * d;
-        rows = g[i].r0 + g[i].rows > rows ? g[i].r0 + g[i].rows : rows;
         ex->wbytes += weight_bytes(&g[i].f->w1, 0, ff) + weight_bytes(&g[i].f->w3, 0, ff) +
                       weight_bytes(&g[i].f->w2, 0, d);
     }
@@ -635,7 +680,8 @@ static void ffn_run(moec_exec *ex, const ffn_group *g, int ng, const float *X, f
     /* activation quantization needs whole rows of h1: between the runs */
     j.H = ex->h1;
     for (int i = 0; i < ng && ex->act_bits; i++)
-        act_quant_ld(ex, ex->h1 + (size_t)g[i].r0 * ex->ffn_max, g[i].rows, (int)moec_tensor_rows(&g[i].f->w1),
+        if (!ffn_factored(g[i].f))
+            act_quant_ld(ex, ex->h1 + (size_t)g[i].r0 * ex->ffn_max, g[i].rows, (int)moec_tensor_rows(&g[i].f->w1),
                      ex->ffn_max, ex->aq + (size_t)g[i].r0 * ex->ffn_max);
     if (ex->act_bits)
         j.H = ex->aq;

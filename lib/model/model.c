@@ -238,13 +238,30 @@ static const char *moe_prefix(const moec_config *c)
     return c->arch == MOEC_ARCH_MIXTRAL ? "block_sparse_moe" : "mlp";
 }
 
+/* One weight of an FFN: the dense slot, or, when the weight is stored
+ * factored (model.h), its two factors "<name>.u.weight" [rows][rank] and
+ * "<name>.v.weight" [rank][cols], the rank read from u. A model being
+ * filled (every tensor absent) sees the dense slot; the .moec reader binds
+ * factors in its place (model_moec.c). */
+static moec_status emit_weight(slot_walk *w, moec_tensor *dense, moec_factored *fw, int l, int e, int64_t rows,
+                               int64_t cols, const char *base, const char *name)
+{
+    if (!moec_factored_present(fw))
+        return emit(w, dense, l, e, false, rows, cols, "%s.%s.weight", base, name);
+    const int64_t rank = fw->u.ndim == 2 ? fw->u.shape[1] : 0;
+    moec_status st = emit(w, &fw->u, l, e, false, rows, rank, "%s.%s.u.weight", base, name);
+    if (st == MOEC_OK)
+        st = emit(w, &fw->v, l, e, false, rank, cols, "%s.%s.v.weight", base, name);
+    return st;
+}
+
 static moec_status emit_ffn(slot_walk *w, moec_ffn *ffn, int l, int e, int64_t d, int64_t f, const char *base)
 {
     const bool mixtral_names = w->m->cfg.arch == MOEC_ARCH_MIXTRAL && e >= 0;
     moec_status st;
-    if ((st = emit(w, &ffn->w1, l, e, false, f, d, "%s.%s.weight", base, mixtral_names ? "w1" : "gate_proj")) ||
-        (st = emit(w, &ffn->w3, l, e, false, f, d, "%s.%s.weight", base, mixtral_names ? "w3" : "up_proj")) ||
-        (st = emit(w, &ffn->w2, l, e, false, d, f, "%s.%s.weight", base, mixtral_names ? "w2" : "down_proj")))
+    if ((st = emit_weight(w, &ffn->w1, &ffn->w1f, l, e, f, d, base, mixtral_names ? "w1" : "gate_proj")) ||
+        (st = emit_weight(w, &ffn->w3, &ffn->w3f, l, e, f, d, base, mixtral_names ? "w3" : "up_proj")) ||
+        (st = emit_weight(w, &ffn->w2, &ffn->w2f, l, e, d, f, base, mixtral_names ? "w2" : "down_proj")))
         return st;
     return MOEC_OK;
 }
@@ -433,3 +450,12 @@ uint64_t moec_model_bytes(const moec_model *m)
     count(m, acc);
     return (uint64_t)acc[1];
 }
+
+void moec_model_count_part(const moec_model *m, int part, int64_t *params, uint64_t *bytes)
+{
+    int64_t acc[2] = {0, 0};
+    moec_model_for_each_slot_in((moec_model *)m, part, count_slot, acc, NULL);
+    *params += acc[0];
+    *bytes += (uint64_t)acc[1];
+}
+

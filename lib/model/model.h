@@ -20,12 +20,30 @@
 #include "core/tensor.h"
 #include "model/config.h"
 
+/* A weight stored as the product of two factors, W = u · v, instead of one
+ * dense matrix: u [rows][rank], v [rank][cols], each in any dtype the
+ * executor runs (F32/F16/BF16 or group-wise quantized). Merged experts use
+ * it (merge/merge.h: the group's shared basis U_r times the merged expert's
+ * coefficients S_r V_Gᵀ), where rank · (rows + cols) < rows · cols makes it
+ * smaller than the dense matrix. */
+typedef struct moec_factored {
+    moec_tensor u; /* [rows][rank] */
+    moec_tensor v; /* [rank][cols] */
+} moec_factored;
+
 /* A SwiGLU feed-forward block: y = w2 · (silu(w1 · x) ⊙ (w3 · x)). */
 typedef struct moec_ffn {
     moec_tensor w1; /* gate [f][d] */
     moec_tensor w3; /* up   [f][d] */
     moec_tensor w2; /* down [d][f] */
+    /* Routed experts only: a weight stored factored. When w1f.u is present,
+     * w1 is absent and w1 = w1f.u · w1f.v (likewise w3f, w2f); each kind is
+     * dense or factored on its own. Slot names: "<w1 name minus .weight>.u.weight"
+     * and ".v.weight" (moec_model_for_each_slot). */
+    moec_factored w1f, w3f, w2f;
 } moec_ffn;
+
+static inline int moec_factored_present(const moec_factored *f) { return f->u.ndim > 0; }
 
 typedef struct moec_layer {
     moec_tensor attn_norm;      /* [d] RMSNorm before attention */
@@ -173,9 +191,33 @@ void moec_model_clear_part(moec_model *m, int part);
 size_t moec_model_arena_mark(const moec_model *m);
 void moec_model_arena_release(moec_model *m, size_t mark);
 
-/* Parameters and bytes actually stored (all tensors, tied head counted once). */
+/* Parameters and bytes actually stored (all tensors, tied head counted once;
+ * a factored weight counts its two factors). */
 int64_t moec_model_params(const moec_model *m);
 uint64_t moec_model_bytes(const moec_model *m);
+/* The same for one part (MOEC_PART_EMBED, a layer, MOEC_PART_HEAD), added
+ * to *params and *bytes: a streaming pass counts each part before it leaves. */
+void moec_model_count_part(const moec_model *m, int part, int64_t *params, uint64_t *bytes);
+
+/* Parameters stored for one FFN block: dense tensors plus factors. */
+int64_t moec_ffn_params(const moec_ffn *f);
+/* Intermediate width f (rows of w1) and input width d of an FFN, dense or factored. */
+int64_t moec_ffn_inner(const moec_ffn *f);
+int64_t moec_ffn_in(const moec_ffn *f);
+
+/* True when some routed expert of m has a factored weight. */
+bool moec_model_has_factored(const moec_model *m);
+
+/* Replaces every factored expert weight of m by an owned dense tensor of
+ * the given compute dtype holding u · v (products in float32, rounded to
+ * nearest once). Factors may be F32, F16, BF16 or group-wise quantized
+ * (dequantized row by row). Used to export a factored model as HF, which
+ * has no factored form. Errors: MOEC_ERR_ARG (dtype), MOEC_ERR_UNSUPPORTED
+ * (a factor without data), MOEC_ERR_SHAPE (factors that do not chain),
+ * MOEC_ERR_NOMEM. */
+moec_status moec_model_densify(moec_model *m, moec_dtype dtype, moec_err *err);
+/* The same for the routed experts of layer l (an export streaming layer by layer). */
+moec_status moec_model_densify_layer(moec_model *m, int l, moec_dtype dtype, moec_err *err);
 
 /* Writes an HF checkpoint directory: config.json (from the original, with
  * expert counts updated), safetensors (sharded above shard_bytes; 0 = one

@@ -154,15 +154,11 @@ static moec_status section_bytes(bind_ctx *ctx, size_t i, moec_section_kind kind
     return MOEC_OK;
 }
 
-static moec_status bind_slot(void *vctx, const moec_slot *s, moec_err *err)
+static moec_status bind_factored(bind_ctx *ctx, const moec_slot *s, bool *found, moec_err *err);
+
+/* Binds container tensor idx to slot s. */
+static moec_status bind_index(bind_ctx *ctx, int64_t idx, const moec_slot *s, moec_err *err)
 {
-    bind_ctx *ctx = vctx;
-    int64_t idx = moec_container_find(ctx->ct, s->name);
-    if (idx < 0) {
-        if (s->optional)
-            return MOEC_OK;
-        return moec_err_set(err, MOEC_ERR_FORMAT, "tensor %s is missing from the container", s->name);
-    }
     const size_t i = (size_t)idx;
     if (ctx->used)
         ctx->used[i] = 1;
@@ -248,6 +244,62 @@ static moec_status bind_slot(void *vctx, const moec_slot *s, moec_err *err)
         return st;
     *s->t = moec_qformat_tensor(f);
     return MOEC_OK;
+}
+
+static moec_status bind_slot(void *vctx, const moec_slot *s, moec_err *err)
+{
+    bind_ctx *ctx = vctx;
+    int64_t idx = moec_container_find(ctx->ct, s->name);
+    if (idx >= 0)
+        return bind_index(ctx, idx, s, err);
+    bool found = false;
+    moec_status st = bind_factored(ctx, s, &found, err);
+    if (st || found)
+        return st;
+    if (s->optional)
+        return MOEC_OK;
+    return moec_err_set(err, MOEC_ERR_FORMAT, "tensor %s is missing from the container", s->name);
+}
+
+/* A routed expert's weight stored factored (model.h): the dense slot
+ * "X.weight" is absent and "X.u.weight" [rows][rank], "X.v.weight"
+ * [rank][cols] are there instead; both are bound into the expert's
+ * moec_factored. *found says whether the factors were there. */
+static moec_status bind_factored(bind_ctx *ctx, const moec_slot *s, bool *found, moec_err *err)
+{
+    *found = false;
+    const size_t len = strlen(s->name), suffix = strlen(".weight");
+    if (s->expert < 0 || s->layer < 0 || s->ndim != 2 || len <= suffix ||
+        strcmp(s->name + len - suffix, ".weight") != 0)
+        return MOEC_OK;
+    moec_ffn *f = &ctx->m->layers[s->layer].experts[s->expert];
+    moec_factored *fw = s->t == &f->w1 ? &f->w1f : s->t == &f->w3 ? &f->w3f : s->t == &f->w2 ? &f->w2f : NULL;
+    if (!fw)
+        return MOEC_OK;
+    moec_slot su = *s, sv = *s;
+    snprintf(su.name, sizeof su.name, "%.*s.u.weight", (int)(len - suffix), s->name);
+    snprintf(sv.name, sizeof sv.name, "%.*s.v.weight", (int)(len - suffix), s->name);
+    const int64_t iu = moec_container_find(ctx->ct, su.name), iv = moec_container_find(ctx->ct, sv.name);
+    if (iu < 0 && iv < 0)
+        return MOEC_OK;
+    *found = true;
+    if (iu < 0 || iv < 0)
+        return moec_err_set(err, MOEC_ERR_FORMAT, "tensor %s is missing from the container (its other factor is there)",
+                            iu < 0 ? su.name : sv.name);
+    const moec_ctensor_type *tu = &moec_container_tensor(ctx->ct, (size_t)iu)->type;
+    const int64_t rank = tu->ndim == 2 ? (int64_t)tu->shape[1] : 0;
+    if (rank < 1 || rank > s->shape[0] || rank > s->shape[1])
+        return moec_err_set(err, MOEC_ERR_SHAPE, "tensor %s: rank %lld; a factor of [%lld][%lld] needs 1..%lld", su.name,
+                            (long long)rank, (long long)s->shape[0], (long long)s->shape[1],
+                            (long long)(s->shape[0] < s->shape[1] ? s->shape[0] : s->shape[1]));
+    su.t = &fw->u;
+    su.shape[1] = rank;
+    sv.t = &fw->v;
+    sv.shape[0] = rank;
+    moec_status st = bind_index(ctx, iu, &su, err);
+    if (st == MOEC_OK)
+        st = bind_index(ctx, iv, &sv, err);
+    return st;
 }
 
 static bool has_blob(const moec_container *ct, const char *name)

@@ -213,6 +213,11 @@ moec_status moec_model_sink_hf_new(moec_model_sink **out, const moec_model *layo
 {
     *out = NULL;
     moec_model_sink *s = NULL;
+    /* HF has no factored form: refuse before anything is written */
+    if (moec_model_has_factored(layout))
+        return moec_err_set(err, MOEC_ERR_UNSUPPORTED,
+                            "model has factored (merged) experts; write a .moec file or multiply them out "
+                            "(moec-export) to write an HF checkpoint");
     moec_status st = moec_model_check_output(layout, dir, err);
     if (st || (st = sink_alloc(&s, SINK_HF, layout, err)))
         return st;

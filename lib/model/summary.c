@@ -117,6 +117,30 @@ static void add_container(cJSON *o, const moec_model *m)
     cJSON_AddItemToObject(c, "storage", t.storage);
 }
 
+/* Expert weights stored factored (merged experts, model.h): how many, the
+ * parameters their factors hold, and what they would hold dense. */
+static void add_factored(cJSON *o, const moec_model *m)
+{
+    int64_t n = 0, params = 0, dense = 0;
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        for (int e = 0; e < m->layers[l].n_experts; e++) {
+            const moec_ffn *f = &m->layers[l].experts[e];
+            const moec_factored *fw[3] = {&f->w1f, &f->w3f, &f->w2f};
+            for (int k = 0; k < 3; k++)
+                if (moec_factored_present(fw[k])) {
+                    n++;
+                    params += moec_tensor_numel(&fw[k]->u) + moec_tensor_numel(&fw[k]->v);
+                    dense += fw[k]->u.shape[0] * fw[k]->v.shape[1];
+                }
+        }
+    if (!n)
+        return;
+    cJSON *q = cJSON_AddObjectToObject(o, "factored");
+    cJSON_AddNumberToObject(q, "weights", (double)n);
+    cJSON_AddNumberToObject(q, "params", (double)params);
+    cJSON_AddNumberToObject(q, "dense_params", (double)dense);
+}
+
 /* Active parameters per token from the stored tensors: everything but the
  * routed experts, plus top_k experts' worth in each MoE layer. */
 static int64_t active_params(const moec_model *m)
@@ -129,8 +153,7 @@ static int64_t active_params(const moec_model *m)
             continue;
         int64_t per = 0;
         for (int e = 0; e < L->n_experts; e++)
-            per += moec_tensor_numel(&L->experts[e].w1) + moec_tensor_numel(&L->experts[e].w3) +
-                   moec_tensor_numel(&L->experts[e].w2);
+            per += moec_ffn_params(&L->experts[e]);
         int k = c->top_k < L->n_experts ? c->top_k : L->n_experts;
         total -= per - per / L->n_experts * k;
     }
@@ -180,6 +203,7 @@ cJSON *moec_model_summary(const moec_model *m)
         cJSON_AddNumberToObject(q, "bytes", (double)t.q_bytes);
         cJSON_AddNumberToObject(q, "bits_per_weight", 8.0 * (double)t.q_bytes / (double)t.q_params);
     }
+    add_factored(o, m);
     if (m->ct)
         add_container(o, m);
     return o;
