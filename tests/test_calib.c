@@ -19,14 +19,6 @@
 
 #define FIXTURE "tests/fixtures/qwen3moe-random"
 
-static moec_model *open_model(const char *rel)
-{
-    moec_err err = {0};
-    moec_model *m;
-    assert_int_equal(moec_model_open(&m, tu_src(rel), &err), MOEC_OK);
-    return m;
-}
-
 static moec_exec *new_exec(const moec_model *m, int max_ctx)
 {
     moec_err err = {0};
@@ -87,7 +79,7 @@ static void assert_close(double a, double b, double tol)
 static void test_invariants(void **state)
 {
     (void)state;
-    moec_model *m = open_model(FIXTURE);
+    moec_model *m = tu_open_model(FIXTURE);
     const char *dir = tu_tmpdir();
     const char *files[2] = {text_slice(dir, "data/corpus/c.val.txt", 1500),
                             text_slice(dir, "data/corpus/python.val.txt", 1500)};
@@ -220,7 +212,7 @@ static double dot(const double *a, const double *b, int n)
 static void test_against_direct_computation(void **state)
 {
     (void)state;
-    moec_model *m = open_model(FIXTURE);
+    moec_model *m = tu_open_model(FIXTURE);
     moec_err err = {0};
     const int n = 12, layer = 1;
     int32_t ids[12];
@@ -314,7 +306,7 @@ static void test_against_direct_computation(void **state)
 static void test_budget_shares(void **state)
 {
     (void)state;
-    moec_model *m = open_model(FIXTURE);
+    moec_model *m = tu_open_model(FIXTURE);
     moec_tokenizer *tok = model_tokenizer(m);
     const char *dir = tu_tmpdir();
     const char *files[2] = {text_slice(dir, "data/corpus/c.val.txt", 200),
@@ -395,7 +387,7 @@ static void expect_load_error(const char *path, const char *what)
 static void test_file_round_trip_and_damage(void **state)
 {
     (void)state;
-    moec_model *m = open_model(FIXTURE);
+    moec_model *m = tu_open_model(FIXTURE);
     const char *dir = tu_tmpdir();
     const char *files[2] = {text_slice(dir, "data/corpus/c.val.txt", 800),
                             text_slice(dir, "data/corpus/python.val.txt", 800)};
@@ -516,13 +508,13 @@ static void test_payload_claim_beyond_data(void **state)
 static void test_other_models_refused(void **state)
 {
     (void)state;
-    moec_model *m = open_model(FIXTURE);
+    moec_model *m = tu_open_model(FIXTURE);
     moec_err err = {0};
     moec_stats *s;
     assert_int_equal(moec_stats_new(&s, m, &err), MOEC_OK);
     assert_int_equal(moec_stats_check(s, m, &err), MOEC_OK);
 
-    moec_model *other = open_model("tests/fixtures/qwen2moe-random");
+    moec_model *other = tu_open_model("tests/fixtures/qwen2moe-random");
     assert_int_equal(moec_stats_check(s, other, &err), MOEC_ERR_MISMATCH);
     assert_non_null(strstr(err.msg, "Qwen3MoeForCausalLM"));
     moec_exec *ex = new_exec(other, 16);
@@ -562,7 +554,7 @@ static void test_other_models_refused(void **state)
 static void test_never_routed_expert(void **state)
 {
     (void)state;
-    moec_model *m = open_model(FIXTURE);
+    moec_model *m = tu_open_model(FIXTURE);
     moec_err err = {0};
     moec_tokenizer *tok = model_tokenizer(m);
     size_t size, n;
@@ -647,7 +639,7 @@ static void test_never_routed_expert(void **state)
 static void test_non_finite_refused(void **state)
 {
     (void)state;
-    moec_model *m = open_model(FIXTURE);
+    moec_model *m = tu_open_model(FIXTURE);
     moec_err err = {0};
     moec_model *dm;
     assert_int_equal(moec_model_derive(&dm, m, &err), MOEC_OK);

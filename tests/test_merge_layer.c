@@ -25,14 +25,6 @@
 
 #define QWEN3 "tests/fixtures/qwen3moe-random"
 
-static moec_model *open_model(const char *rel)
-{
-    moec_err err = {0};
-    moec_model *m;
-    assert_int_equal(moec_model_open(&m, tu_src(rel), &err), MOEC_OK);
-    return m;
-}
-
 /* Logits of every position of a fixed prompt. */
 static float *logits_of(const moec_model *m, int n)
 {
@@ -192,7 +184,7 @@ static void test_factored_model(void **state)
 {
     (void)state;
     moec_err err = {0};
-    moec_model *src = open_model(QWEN3), *m;
+    moec_model *src = tu_open_model(QWEN3), *m;
     assert_int_equal(moec_model_derive(&m, src, &err), MOEC_OK);
     const int r = 5, f = m->cfg.expert_ffn, d = m->cfg.hidden_size, n = 20, V = m->cfg.vocab_size;
     factor_expert(m, r);
@@ -235,7 +227,7 @@ static void test_factored_shapes_checked(void **state)
 {
     (void)state;
     moec_err err = {0};
-    moec_model *src = open_model(QWEN3), *m;
+    moec_model *src = tu_open_model(QWEN3), *m;
     assert_int_equal(moec_model_derive(&m, src, &err), MOEC_OK);
     factor_expert(m, 3);
     /* a v factor of the wrong rank no longer chains with u */
@@ -273,7 +265,7 @@ static moec_model *merge_ok(const moec_model *src, const moec_merge_opts *o, moe
 static void test_fit_keeps_unmerged(void **state)
 {
     (void)state;
-    moec_model *src = open_model(QWEN3);
+    moec_model *src = tu_open_model(QWEN3);
     windows w;
     make_windows(&w, 8, 64, src->cfg.vocab_size);
     moec_merge_opts o = calib_opts(src->layers[0].n_experts, &w.w);
@@ -299,7 +291,7 @@ static void test_fit_keeps_unmerged(void **state)
 static void test_variants(void **state)
 {
     (void)state;
-    moec_model *src = open_model(QWEN3);
+    moec_model *src = tu_open_model(QWEN3);
     windows w;
     make_windows(&w, 8, 64, src->cfg.vocab_size);
     const int E = src->layers[0].n_experts, keep = E - 3;
@@ -353,7 +345,7 @@ static void test_variants(void **state)
 static void test_factored_merge_and_quant(void **state)
 {
     (void)state;
-    moec_model *src = open_model(QWEN3);
+    moec_model *src = tu_open_model(QWEN3);
     windows w;
     make_windows(&w, 8, 64, src->cfg.vocab_size);
     moec_merge_opts o = calib_opts(src->layers[0].n_experts - 3, &w.w);
@@ -401,7 +393,7 @@ static void test_factored_merge_and_quant(void **state)
 static void test_needs_windows(void **state)
 {
     (void)state;
-    moec_model *src = open_model(QWEN3);
+    moec_model *src = tu_open_model(QWEN3);
     moec_err err = {0};
     moec_stats *s;
     assert_int_equal(moec_stats_new(&s, src, &err), MOEC_OK);

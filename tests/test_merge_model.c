@@ -18,14 +18,6 @@
 #define QWEN2 "tests/fixtures/qwen2moe-random"
 #define QWEN3 "tests/fixtures/qwen3moe-random"
 
-static moec_model *open_model(const char *rel)
-{
-    moec_err err = {0};
-    moec_model *m;
-    assert_int_equal(moec_model_open(&m, tu_src(rel), &err), MOEC_OK);
-    return m;
-}
-
 static moec_model *open_model_abs(const char *path)
 {
     moec_err err = {0};
@@ -147,7 +139,7 @@ static float *logits_of(const moec_model *m)
 static void test_identical_experts(void **state)
 {
     (void)state;
-    moec_model *src = open_model(QWEN2), *twin = derive(src);
+    moec_model *src = tu_open_model(QWEN2), *twin = derive(src);
     const int E = twin->layers[0].n_experts;
     for (int e = 0; e < E; e++)
         twin->layers[0].experts[e] = src->layers[0].experts[3];
@@ -200,7 +192,7 @@ static void test_identical_experts(void **state)
 static void test_keep_all_unchanged(void **state)
 {
     (void)state;
-    moec_model *src = open_model(QWEN3);
+    moec_model *src = tu_open_model(QWEN3);
     moec_stats *s = hand_stats(src);
     float *want = logits_of(src);
     const int V = src->cfg.vocab_size;
@@ -240,7 +232,7 @@ static void test_keep_all_unchanged(void **state)
 static void test_one_pair(void **state)
 {
     (void)state;
-    moec_model *src = open_model(QWEN3);
+    moec_model *src = tu_open_model(QWEN3);
     moec_stats *s = hand_stats(src);
     const int l = 1, E = src->layers[l].n_experts;
     s->layers[l].count[5] = 1;
@@ -387,7 +379,7 @@ static void test_end_to_end(void **state)
     (void)state;
     const char *fixtures[] = {QWEN2, QWEN3};
     for (int fx = 0; fx < 2; fx++) {
-        moec_model *src = open_model(fixtures[fx]);
+        moec_model *src = tu_open_model(fixtures[fx]);
         moec_stats *s = calibrated(src);
         for (int method = 0; method < 2; method++) {
             moec_merge_opts o = opts_for(method ? MOEC_MERGE_AVERAGE : MOEC_MERGE_SUBMOE, 0);
@@ -456,7 +448,7 @@ static void expect_error(const moec_model *src, const moec_stats *s, const moec_
 static void test_errors(void **state)
 {
     (void)state;
-    moec_model *src = open_model(QWEN2), *other = open_model(QWEN3);
+    moec_model *src = tu_open_model(QWEN2), *other = tu_open_model(QWEN3);
     moec_stats *s = hand_stats(src), *s_other = hand_stats(other);
     moec_merge_opts o = opts_for(MOEC_MERGE_SUBMOE, 0);
     expect_error(src, s, &o, MOEC_ERR_ARG, (const char *[]){"keep", "ratio", NULL});

@@ -25,15 +25,6 @@
 #define QWEN2 "tests/fixtures/qwen2moe-random"
 #define QWEN3 "tests/fixtures/qwen3moe-random"
 
-static moec_model *open_model(const char *rel)
-{
-    moec_err err = {0};
-    moec_model *m;
-    if (moec_model_open(&m, tu_src(rel), &err))
-        fail_msg("%s", err.msg);
-    return m;
-}
-
 /* Windows of random tokens of the given lengths, back to back. */
 static int32_t *random_windows(const moec_model *m, const int *len, int n)
 {
@@ -50,7 +41,7 @@ static void test_hstates_match_forward(void **state)
 {
     (void)state;
     moec_err err = {0};
-    moec_model *m = open_model(QWEN3);
+    moec_model *m = tu_open_model(QWEN3);
     const int len[3] = {40, 7, 33}, V = m->cfg.vocab_size;
     int32_t *ids = random_windows(m, len, 3);
     moec_exec *ex, *lx;
@@ -131,7 +122,7 @@ static void test_driver(void **state)
 {
     (void)state;
     moec_err err = {0};
-    moec_model *m = open_model(QWEN2);
+    moec_model *m = tu_open_model(QWEN2);
     const moec_pipeline_ops ops = {ord_begin, ord_layer, ord_end};
     order o = {.fail_at = -5};
     /* no windows: a pass is refused, the walk is in order */
@@ -190,7 +181,7 @@ static void assert_same_file(const char *a, const char *b)
 static void quant_streamed(const char *fixture, moec_qmethod method)
 {
     moec_err err = {0};
-    moec_model *m = open_model(fixture);
+    moec_model *m = tu_open_model(fixture);
     moec_tokenizer *tok;
     assert_int_equal(moec_tokenizer_load_json(&tok, m->tokenizer_json, m->tokenizer_json_len, &err), MOEC_OK);
     const char *files[1] = {tu_src("data/corpus/drama.val.txt")};
@@ -250,7 +241,7 @@ static void test_prune_merge_streamed(void **state)
 {
     (void)state;
     moec_err err = {0};
-    moec_model *m = open_model(QWEN2);
+    moec_model *m = tu_open_model(QWEN2);
     moec_tokenizer *tok;
     assert_int_equal(moec_tokenizer_load_json(&tok, m->tokenizer_json, m->tokenizer_json_len, &err), MOEC_OK);
     const char *files[1] = {tu_src("data/corpus/python.val.txt")};

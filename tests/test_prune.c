@@ -21,14 +21,6 @@
 #define QWEN3 "tests/fixtures/qwen3moe-random"
 #define QWEN2 "tests/fixtures/qwen2moe-random"
 
-static moec_model *open_model(const char *rel)
-{
-    moec_err err = {0};
-    moec_model *m = NULL;
-    assert_int_equal(moec_model_open(&m, tu_src(rel), &err), MOEC_OK);
-    return m;
-}
-
 /* Statistics of m (its fingerprint), every sum zero; tests fill what they need. */
 static moec_stats *stats_for(const moec_model *m)
 {
@@ -69,7 +61,7 @@ static void assert_router_rows(const moec_model *src, const moec_model *out, int
 static void test_freq_drops_never_routed(void **state)
 {
     (void)state;
-    moec_model *src = open_model(QWEN3);
+    moec_model *src = tu_open_model(QWEN3);
     moec_stats *s = stats_for(src);
     fill_routing(s, 3);
     moec_prune_opts o = MOEC_PRUNE_OPTS_DEFAULT;
@@ -108,7 +100,7 @@ static void test_freq_drops_never_routed(void **state)
 static void test_easyep_scores_and_domains(void **state)
 {
     (void)state;
-    moec_model *src = open_model(QWEN3);
+    moec_model *src = tu_open_model(QWEN3);
     moec_stats *s = stats_for(src);
     fill_routing(s, 5);
     /* expert 5 has no EASY-EP score; a large count (which freq would keep)
@@ -218,7 +210,7 @@ static moec_model *with_twin(const moec_model *src, int orig, int copy)
 static void test_stun_identical_experts(void **state)
 {
     (void)state;
-    moec_model *base = open_model(QWEN3);
+    moec_model *base = tu_open_model(QWEN3);
     moec_model *src = with_twin(base, 2, 6);
     moec_stats *s = stats_for(src);
     fill_routing(s, -1);
@@ -259,7 +251,7 @@ static void test_stun_identical_experts(void **state)
 static void test_stun_complete_linkage(void **state)
 {
     (void)state;
-    moec_model *q = open_model(QWEN3);
+    moec_model *q = tu_open_model(QWEN3);
     moec_err err = {0};
     moec_model *src;
     assert_int_equal(moec_model_derive(&src, q, &err), MOEC_OK);
@@ -306,7 +298,7 @@ static void test_stun_complete_linkage(void **state)
 static void test_roundtrip(void **state)
 {
     (void)state;
-    moec_model *src = open_model(QWEN2);
+    moec_model *src = tu_open_model(QWEN2);
     moec_stats *s = stats_for(src);
     fill_routing(s, -1);
     moec_err err = {0};
@@ -353,7 +345,7 @@ static void test_roundtrip(void **state)
 
     /* global STUN: two twin pairs in layer 0 and none in layer 1, a budget of
      * 14 of 16: both merges land in layer 0 (distance 0), layer 1 keeps all */
-    moec_model *q = open_model(QWEN3);
+    moec_model *q = tu_open_model(QWEN3);
     moec_model *t1 = with_twin(q, 0, 1);
     moec_model *t2;
     assert_int_equal(moec_model_derive(&t2, t1, &err), MOEC_OK);
@@ -420,7 +412,7 @@ static float bf16_at(const moec_tensor *t, int64_t r, int64_t c)
 static void test_dern_segments(void **state)
 {
     (void)state;
-    moec_model *q = open_model(QWEN3);
+    moec_model *q = tu_open_model(QWEN3);
     moec_err err = {0};
     moec_model *src;
     assert_int_equal(moec_model_derive(&src, q, &err), MOEC_OK);
@@ -502,7 +494,7 @@ static void test_dern_segments(void **state)
 static void test_wanda_sparsity(void **state)
 {
     (void)state;
-    moec_model *src = open_model(QWEN3);
+    moec_model *src = tu_open_model(QWEN3);
     moec_stats *s = stats_for(src);
     fill_routing(s, -1);
     int32_t tokens[768];
@@ -554,7 +546,7 @@ static void test_wanda_sparsity(void **state)
 static void test_bad_options(void **state)
 {
     (void)state;
-    moec_model *src = open_model(QWEN3);
+    moec_model *src = tu_open_model(QWEN3);
     moec_stats *s = stats_for(src);
     fill_routing(s, -1);
     moec_prune_report rep;
@@ -596,7 +588,7 @@ static void test_bad_options(void **state)
     }
     /* statistics of another model: another architecture, then the same
      * shapes with other router weights */
-    moec_model *big = open_model("models/mixtral-tiny");
+    moec_model *big = tu_open_model("models/mixtral-tiny");
     moec_stats *other = stats_for(big);
     moec_prune_opts o = MOEC_PRUNE_OPTS_DEFAULT;
     o.keep = 4;
@@ -616,7 +608,7 @@ static void test_bad_options(void **state)
 static void test_report_json(void **state)
 {
     (void)state;
-    moec_model *src = open_model(QWEN3);
+    moec_model *src = tu_open_model(QWEN3);
     moec_stats *s = stats_for(src);
     fill_routing(s, 0);
     moec_prune_opts o = MOEC_PRUNE_OPTS_DEFAULT;

@@ -24,14 +24,6 @@
 #define QWEN2 "tests/fixtures/qwen2moe-random"
 #define CTX 64
 
-static moec_model *open_model(const char *rel)
-{
-    moec_err err = {0};
-    moec_model *m;
-    assert_int_equal(moec_model_open(&m, tu_src(rel), &err), MOEC_OK);
-    return m;
-}
-
 /* Calibration windows: `tokens` tokens of two corpus files' first bytes. */
 typedef struct calib_data {
     int32_t *ids;
@@ -120,7 +112,7 @@ typedef struct qrun {
 
 static void qrun_open(qrun *t, const char *fixture, int64_t tokens)
 {
-    t->m = open_model(fixture);
+    t->m = tu_open_model(fixture);
     calib_load(&t->c, t->m, tokens);
     t->q = NULL;
 }
@@ -511,7 +503,7 @@ static void test_recipe_errors(void **state)
     assert_int_equal(moec_quant_recipe_check(&r, true, &err), MOEC_ERR_ARG);
 
     /* an out-of-vocabulary calibration token is named, not run */
-    moec_model *m = open_model(QWEN3);
+    moec_model *m = tu_open_model(QWEN3);
     int32_t ids[4] = {1, 2, 99999, 3};
     int len[1] = {4};
     moec_quant_calib cal = {.ids = ids, .window_len = len, .n_windows = 1};

@@ -1,6 +1,7 @@
 #include "testutil.h"
 
 #include "core/dtype.h"
+#include "model/model.h"
 
 #include <dirent.h>
 #include <math.h>
@@ -107,4 +108,13 @@ void tu_random_qmatrix(moec_qmatrix *m, int64_t rows, int64_t cols, int b, int g
     free(codes);
     free(zeros);
     free(scales);
+}
+
+struct moec_model *tu_open_model(const char *rel)
+{
+    moec_err err = {0};
+    moec_model *m = NULL;
+    if (moec_model_open(&m, tu_src(rel), &err) != MOEC_OK)
+        fail_msg("%s: %s", rel, err.msg);
+    return m;
 }

@@ -11,11 +11,15 @@
 
 #include "core/qformat.h"
 
+struct moec_model;
+
 /* Absolute path of a file in the source tree: tu_src("tests/fixtures/x").
  * Returns a static buffer (one of a small ring, so a few can be live at once). */
 const char *tu_src(const char *rel);
 /* Reads a whole file; returns malloc'd bytes (NUL-terminated) and its size. */
 char *tu_read_file(const char *path, size_t *size);
+/* Opens a model in the source tree (tu_src(rel)), asserting success. */
+struct moec_model *tu_open_model(const char *rel);
 /* Writes bytes to a file, asserting success. */
 void tu_write_file(const char *path, const void *data, size_t size);
 /* A fresh empty directory under the build dir, unique per call. */
