@@ -514,7 +514,13 @@ moec_status moec_merge_layer_run(moec_model *dst, const moec_merge_layer_in *in,
     if (!st)
         DL->router = router;
 
-    /* w2: the folded (or dominant, or chosen neurons') matrix, fitted when asked */
+    /* w2: the folded (or dominant, or chosen neurons') matrix, fitted when asked;
+     * fit_all refits experts left alone only in a layer where a group merged,
+     * so that N == E leaves the layer as it was */
+    bool any_merged = false;
+    for (int g = 0; g < N; g++)
+        any_merged |= R->groups[g].n_members > 1;
+    const bool refit_alone = o->fit_down && o->fit_all && any_merged;
     if (!st && o->fit_down)
         st = moec_ml_routing_build(&r1, pool, &DL->router, in->x, in->n_tokens, in->top_k_after, in->norm_topk, err);
     for (int g = 0; g < N && !st; g++) {
@@ -523,7 +529,7 @@ moec_status moec_merge_layer_run(moec_model *dst, const moec_merge_layer_in *in,
         moec_ffn *DE = &DL->experts[g];
         const moec_ffn *dom = &SL->experts[G->members[moec_ml_dominant(G)]];
         const bool merged = G->n_members > 1;
-        if (!merged && !(o->fit_down && o->fit_all))
+        if (!merged && !refit_alone)
             continue;
         const job *j = merged && fold_method ? &jobs[job_of[g * MOEC_MERGE_KINDS + MOEC_MERGE_W2] - 1] : NULL;
         const float *prior = j ? j->res : nw2[g] ? nw2[g] : buf2;

@@ -259,30 +259,48 @@ static moec_model *merge_ok(const moec_model *src, const moec_merge_opts *o, moe
     return out;
 }
 
-/* With nothing merged, the w2 fit of every expert (fit_all) has an exact
- * solution, its own w2, which the ridge towards that same prior keeps: the
- * layers come back unchanged. */
-static void test_fit_keeps_unmerged(void **state)
+/* fit_all (a default) refits the w2 of experts left alone only in a layer
+ * where a group merged: with nothing merged the layers come back as they
+ * were, bit for bit; with one merge per layer every singleton is refitted,
+ * and without fit_all none is. */
+static void test_fit_all_scope(void **state)
 {
     (void)state;
     moec_model *src = tu_open_model(QWEN3);
     windows w;
     make_windows(&w, 8, 64, src->cfg.vocab_size);
-    moec_merge_opts o = calib_opts(src->layers[0].n_experts, &w.w);
-    o.fit_down = o.fit_all = true;
-    o.features = MOEC_MERGE_FEAT_METHOD;
+    const int E = src->layers[0].n_experts;
+    moec_merge_opts o = calib_opts(E, &w.w);
+    assert_true(o.fit_down && o.fit_all);
     moec_merge_report rep;
     moec_model *out = merge_ok(src, &o, &rep);
     for (int i = 0; i < rep.n_layers; i++) {
-        assert_true(rep.layers[i].out_err < 1e-4);
-        assert_true(rep.layers[i].top1_agree == 1.0);
-        assert_true(rep.layers[i].groups[0].kind[MOEC_MERGE_W2].fitted);
+        const int l = rep.layers[i].layer;
+        assert_true(rep.layers[i].out_err == 0.0);
+        for (int e = 0; e < E; e++) {
+            assert_false(rep.layers[i].groups[e].kind[MOEC_MERGE_W2].fitted);
+            assert_ptr_equal(out->layers[l].experts[e].w2.data, src->layers[l].experts[e].w2.data);
+        }
     }
     float *a = logits_of(src, 16), *b = logits_of(out, 16);
-    assert_true(max_rel_diff(b, a, (size_t)16 * src->cfg.vocab_size) < 1e-2);
+    assert_memory_equal(a, b, (size_t)16 * src->cfg.vocab_size * sizeof(float));
     free(a), free(b);
     moec_merge_report_free(&rep);
     moec_model_close(out);
+    for (int all = 0; all < 2; all++) {
+        o = calib_opts(E - 1, &w.w);
+        o.fit_all = all;
+        out = merge_ok(src, &o, &rep);
+        for (int i = 0; i < rep.n_layers; i++) {
+            assert_true(isfinite(rep.layers[i].out_err));
+            for (int g = 0; g < rep.layers[i].n_after; g++) {
+                const moec_merge_group *G = &rep.layers[i].groups[g];
+                assert_true(G->kind[MOEC_MERGE_W2].fitted == (G->n_members > 1 || all));
+            }
+        }
+        moec_merge_report_free(&rep);
+        moec_model_close(out);
+    }
     moec_model_close(src);
 }
 
@@ -453,7 +471,7 @@ int main(void)
         cmocka_unit_test(test_whiten),
         cmocka_unit_test(test_factored_model),
         cmocka_unit_test(test_factored_shapes_checked),
-        cmocka_unit_test(test_fit_keeps_unmerged),
+        cmocka_unit_test(test_fit_all_scope),
         cmocka_unit_test(test_variants),
         cmocka_unit_test(test_factored_merge_and_quant),
         cmocka_unit_test(test_needs_windows),

@@ -159,7 +159,8 @@ int main(int argc, char **argv)
     int method = -1, router = 0, weighting = 0, init = 0, feature = 0, cluster = 0, quant_bits = 0;
     int quant_group = qo.group;
     int64_t seed = 0;
-    bool force = false, json = false, svd_double = false, fit_down = false, no_fit_down = false, fit_all = false;
+    bool force = false, json = false, svd_double = false, fit_down = false, no_fit_down = false, fit_all = false,
+         no_fit_all = false;
     bool parallel = false;
     const char *model_path = NULL, *stats_path = NULL, *out = NULL;
     cli_list texts = {0};
@@ -170,8 +171,9 @@ int main(int argc, char **argv)
                  "group into one expert. submoe, by default (the best setting in docs/results/merging.md): the "
                  "merged expert keeps the neurons of its members that carry most of the group's gated output "
                  "(--features neurons), its down projection is solved by least squares to reproduce the group's "
-                 "gate-weighted output on the calibration tokens routed to it (--fit-down) and its router row is "
-                 "fitted to the log-sum-exp of the members' logits (--router fit). The paper's merge is "
+                 "gate-weighted output on the calibration tokens routed to it (--fit-down; the experts left alone "
+                 "are refitted too, --fit-all) and its router row is fitted to the log-sum-exp of the members' "
+                 "logits (--router fit). The paper's merge is "
                  "--features fold --router average --no-fit-down: one SVD of the members side by side gives a "
                  "shared basis U, the rank is truncated and the members' V parts are averaged by routing "
                  "frequency. average: the routing-frequency-weighted average of the members' weights and router "
@@ -197,9 +199,12 @@ int main(int argc, char **argv)
          .help = "fit w2 of a merged group by least squares (submoe's default)"},
         {"no-fit-down", 0, CLI_FLAG, NULL, &no_fit_down,
          .help = "fold w2 like w1/w3 instead (average's default)"},
-        {"fit-all", 0, CLI_FLAG, NULL, &fit_all, .help = "with --fit-down, refit w2 of experts left alone too"},
+        {"fit-all", 0, CLI_FLAG, NULL, &fit_all,
+         .help = "with --fit-down, also refit w2 of the experts left alone in a layer where a group merged, "
+                 "since their tokens and gates changed (submoe's default)"},
+        {"no-fit-all", 0, CLI_FLAG, NULL, &no_fit_all, .help = "fit w2 of merged groups only"},
         {"ridge", 0, CLI_DOUBLE, "R", &mo.ridge, 1e-12, 1e6,
-         .help = "relative ridge of the fits, towards the merged weights (default 0.01)"},
+         .help = "relative ridge of the fits, towards the merged weights (default 0.3)"},
         {"router", 0, CLI_CHOICE, "RULE", &router, .choices = routers,
          .help = "router row of a merged group: fit (submoe's default), average (of the members' rows, weighted "
                  "like the experts; average's default) or dominant (the most routed member's row)"},
@@ -278,8 +283,15 @@ int main(int argc, char **argv)
             mo.router = MOEC_MERGE_ROUTER_AVERAGE;
         if (!fit_down && !no_fit_down)
             mo.fit_down = false;
+        mo.fit_all = false;
     }
-    mo.fit_all = fit_all;
+    if (fit_all && no_fit_all)
+        cli_usage_error("give --fit-all or --no-fit-all, not both");
+    if (fit_all && !mo.fit_down)
+        cli_usage_error("--fit-all needs --fit-down");
+    if (fit_all || no_fit_all)
+        mo.fit_all = fit_all;
+    mo.fit_all = mo.fit_all && mo.fit_down;
     mo.clustering = (moec_merge_clustering)cluster;
     mo.sequential = !parallel;
     mo.weighting = (moec_merge_weighting)weighting;
@@ -309,8 +321,6 @@ int main(int argc, char **argv)
         cli_usage_error("--quant-bits needs -o FILE.moec");
     if (cli_given(&tool, "quant-group") && !quant_bits)
         cli_usage_error("--quant-group applies to --quant-bits");
-    if (mo.fit_all && !mo.fit_down)
-        cli_usage_error("--fit-all needs --fit-down");
     if (stats_path && (mo.whiten || mo.fit_down || mo.router == MOEC_MERGE_ROUTER_FIT ||
                        mo.features == MOEC_MERGE_FEAT_NEURONS || mo.clustering == MOEC_MERGE_CLUSTER_JOINT2))
         cli_usage_error("--whiten, --fit-down, --router fit, --features neurons and --cluster joint2 need --text");
