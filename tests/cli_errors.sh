@@ -269,8 +269,10 @@ expect_clean 1 "export --gguf groups of 128 as q4_k" "$gout" -- "${g[@]}" --gguf
 expect_clean 1 "export --gguf corrupt .moec" "$gout" -- "$bin/moec-export" "$tmp/flip.moec" --gguf "$gout/x.gguf"
 expect_clean 1 "export --gguf truncated checkpoint" "$gout" -- "$bin/moec-export" "$tmp/trunc" --gguf "$gout/x.gguf"
 expect_clean 1 "export --gguf under a file" "$tmp" -- "${g[@]}" --gguf "$tmp/afile/x.gguf"
-expect_clean 0 "export --gguf dequantized to f32" "$tmp" -- "${g[@]}" --gguf "$gout/x.gguf" --type f32 --quiet
+expect_clean 0 "export --gguf dequantized to f32" "$tmp" -- "${g[@]}" --gguf "$gout/x.gguf" --type f32
 [ -s "$gout/x.gguf" ] || { echo "FAIL: export --gguf wrote nothing"; fails=$((fails + 1)); }
+grep -q "written dequantized.*--preset" "$tmp/err" ||
+  { echo "FAIL: export --gguf dequantized: no note on how to keep the codes"; cat "$tmp/err"; fails=$((fails + 1)); }
 expect_clean 1 "export --gguf exists" "$gout" -- "${g[@]}" --gguf "$gout/x.gguf"
 expect_clean 2 "quant --grid unknown" "$out" -- "${q[@]}" --grid q4_k_m -o "$out/x.moec"
 expect_clean 2 "quant --preset unknown" "$out" -- "${q[@]}" --preset Q7_K -o "$out/x.moec"

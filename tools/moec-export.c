@@ -95,6 +95,12 @@ static int export_gguf(const char *model, const char *out, const char *type_name
                 (long long)rep.verbatim, (long long)rep.carried, (long long)rep.rounded_mins,
                 (long long)rep.carried_groups, (long long)rep.dequantized, (long long)rep.encoded);
     }
+    if (rep.dequantized && !cli_quiet)
+        fprintf(stderr,
+                "moec-export: note: %lld quantized tensors are in no llama.cpp type and were written dequantized, "
+                "so the file is larger than the model read; to keep the codes, quantize with moec-quant --preset "
+                "Q4_K_M (or --grid q4_k) or with --group 32 (carried as Q4_0/Q4_1/Q5_0/Q5_1/Q8_0)\n",
+                (long long)rep.dequantized);
     moec_model_close(m);
     return CLI_EXIT_OK;
 }
