@@ -7,25 +7,8 @@ src=$2
 model=$src/models/mixtral-tiny
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-fails=0
-pass=0
+. "$src/tests/cli_expect.sh"
 
-# expect CODE DESCRIPTION -- COMMAND...
-expect() {
-  local want=$1 what=$2
-  shift 3
-  "$@" >"$tmp/out" 2>"$tmp/err"
-  local got=$?
-  local lines
-  lines=$(wc -l <"$tmp/err")
-  if [ "$got" -ne "$want" ]; then
-    echo "FAIL: $what: exit $got, expected $want"; cat "$tmp/err"; fails=$((fails + 1)); return
-  fi
-  if [ "$want" -eq 1 ] && [ "$lines" -ne 1 ]; then
-    echo "FAIL: $what: expected one line on stderr, got $lines"; cat "$tmp/err"; fails=$((fails + 1)); return
-  fi
-  pass=$((pass + 1))
-}
 
 # a corrupt checkpoint: valid config, truncated weights
 mkdir -p "$tmp/trunc" "$tmp/badjson" "$tmp/unknown" "$tmp/shape"
@@ -109,16 +92,6 @@ expect 2 "bench bad threads" -- "$bin/moec-bench" "$model" --threads 0
 
 # expect_clean CODE DESCRIPTION DIR -- COMMAND...: expect, and afterwards DIR
 # holds exactly what it held before (no output, no temporary left behind)
-expect_clean() {
-  local want=$1 what=$2 dir=$3
-  local before after
-  before=$(ls -A "$dir")
-  expect "$want" "$what" -- "${@:5}"
-  after=$(ls -A "$dir")
-  if [ "$before" != "$after" ]; then
-    echo "FAIL: $what: left behind in $dir:"; comm -13 <(echo "$before") <(echo "$after"); fails=$((fails + 1))
-  fi
-}
 
 # moec-eval --score-from
 expect 2 "eval score-from beyond ctx-2" -- "$bin/moec-eval" --model "$model" --text "$tmp/drama.txt" --ctx 64 \

@@ -11,28 +11,10 @@ q3=$src/tests/fixtures/qwen3moe-random
 q2=$src/tests/fixtures/qwen2moe-random
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-fails=0
-pass=0
+. "$src/tests/cli_expect.sh"
 head -c 6000 "$src/data/corpus/c.val.txt" >"$tmp/c.txt"
 head -c 6000 "$src/data/corpus/drama.val.txt" >"$tmp/drama.txt"
 
-# expect CODE DESCRIPTION -- COMMAND...
-expect() {
-  local want=$1 what=$2
-  shift 3
-  "$@" >"$tmp/out" 2>"$tmp/err"
-  local got=$?
-  if [ "$got" -ne "$want" ]; then
-    echo "FAIL: $what: exit $got, expected $want"; cat "$tmp/err"; fails=$((fails + 1)); return
-  fi
-  if [ "$want" -ne 0 ] && [ "$(wc -l <"$tmp/err")" -lt 1 ]; then
-    echo "FAIL: $what: no message on stderr"; fails=$((fails + 1)); return
-  fi
-  if [ "$want" -eq 1 ] && [ "$(wc -l <"$tmp/err")" -ne 1 ]; then
-    echo "FAIL: $what: expected one line on stderr"; cat "$tmp/err"; fails=$((fails + 1)); return
-  fi
-  pass=$((pass + 1))
-}
 
 m=("$bin/moec-merge" "$q3" --quiet --text "$tmp/c.txt" --text "$tmp/drama.txt" --ctx 64 --tokens 1024
    --sim-tokens 256)

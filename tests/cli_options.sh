@@ -12,32 +12,10 @@ model=$src/models/mixtral-tiny
 small=$src/tests/fixtures/qwen2moe-random
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-fails=0
-pass=0
+. "$src/tests/cli_expect.sh"
 
-# expect CODE DESCRIPTION -- COMMAND...
-expect() {
-  local want=$1 what=$2
-  shift 3
-  "$@" >"$tmp/out" 2>"$tmp/err"
-  local got=$?
-  if [ "$got" -ne "$want" ]; then
-    echo "FAIL: $what: exit $got, expected $want"; cat "$tmp/err"; fails=$((fails + 1)); return
-  fi
-  if [ "$want" -eq 1 ] && [ "$(wc -l <"$tmp/err")" -ne 1 ]; then
-    echo "FAIL: $what: expected one line on stderr"; cat "$tmp/err"; fails=$((fails + 1)); return
-  fi
-  pass=$((pass + 1))
-}
 out=$tmp/outdir
 mkdir -p "$out"
-expect_clean() { # expect, and afterwards DIR holds what it held before
-  local want=$1 what=$2 dir=$3 before after
-  before=$(ls -A "$dir")
-  expect "$want" "$what" -- "${@:5}"
-  after=$(ls -A "$dir")
-  [ "$before" = "$after" ] || { echo "FAIL: $what: left behind in $dir"; fails=$((fails + 1)); }
-}
 q=("$bin/moec-quant" "$small" --quiet --verify-tokens 0)
 "${q[@]}" --bits 4 -o "$tmp/q.moec" || { echo "FAIL: setup"; exit 1; }
 

@@ -10,23 +10,8 @@ q2=$src/tests/fixtures/qwen2moe-random
 text=$src/data/corpus/c.val.txt
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-fails=0
-pass=0
+. "$src/tests/cli_expect.sh"
 
-# expect CODE DESCRIPTION -- COMMAND...
-expect() {
-  local want=$1 what=$2
-  shift 3
-  "$@" >"$tmp/out" 2>"$tmp/err"
-  local got=$?
-  if [ "$got" -ne "$want" ]; then
-    echo "FAIL: $what: exit $got, expected $want"; cat "$tmp/err"; fails=$((fails + 1)); return
-  fi
-  if [ "$want" -eq 1 ] && [ "$(wc -l <"$tmp/err")" -ne 1 ]; then
-    echo "FAIL: $what: expected one line on stderr"; cat "$tmp/err"; fails=$((fails + 1)); return
-  fi
-  pass=$((pass + 1))
-}
 
 p=$bin/moec-prune
 head -c 2000 "$text" >"$tmp/small.txt"
