@@ -9,7 +9,6 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 . "$src/tests/cli_expect.sh"
 
-
 # a corrupt checkpoint: valid config, truncated weights
 mkdir -p "$tmp/trunc" "$tmp/badjson" "$tmp/unknown" "$tmp/shape"
 cp "$model/config.json" "$model/tokenizer.json" "$tmp/trunc/"
