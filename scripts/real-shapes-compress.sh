@@ -26,6 +26,13 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+# run as a section of scripts/results-real-shapes.sh: WORK and SECTION from
+# it; its SHAPES name the speed runs' shapes, not these
+if [ $# -eq 0 ] && [ -n "${WORK:-}" ] && [ -n "${SECTION:-}" ]; then
+  set -- "$WORK/compress"
+  OUT=$SECTION
+  SHAPES=${COMPRESS_SHAPES:-}
+fi
 [ $# -eq 1 ] || { echo "usage: scripts/real-shapes-compress.sh SCRATCH_DIR" >&2; exit 2; }
 S=$(mkdir -p "$1" && cd "$1" && pwd)
 BIN=${BIN:-build/bin}
@@ -34,7 +41,7 @@ THREADS=${THREADS:-2}
 TOKENS=${TOKENS:-2048}
 LIMIT=${LIMIT:-$((12 << 30))}
 SMALL_LIMIT=${SMALL_LIMIT:-$((5 << 29))}
-SHAPES=${SHAPES:-"qwen3:2 qwen3:4 mixtral:1"}
+SHAPES=${SHAPES:-"qwen3:2 qwen3:4 mixtral:1"} # in a section: COMPRESS_SHAPES
 ONLY=${ONLY:-}
 OUT=${OUT:-docs/results/real-shapes-compress.md}
 LOG=$S/log
