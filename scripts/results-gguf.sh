@@ -63,11 +63,18 @@ for d in drama scripture python c; do train+=("$CORPUS/$d.train.txt"); done
 texts=()
 for f in "${train[@]}"; do texts+=(--text "$f"); done
 
-# kld TAG GGUF: llama-perplexity against the model's base logits
+# kld TAG GGUF: llama-perplexity against the model's base logits. Its log
+# goes through a logging thread that can lose the last lines at exit (seen
+# here under load: exit 0, no summary), so a run without the summary is
+# repeated, three times at most.
 kld() {
-  [ -s "$WORK/lp-$1.log" ] && grep -q "Mean    KLD" "$WORK/lp-$1.log" && return 0
-  "$LB/llama-perplexity" -m "$2" -f "$WORK/val.txt" -c 256 -b 256 -t "$THREADS" --kl-divergence-base "$base" \
-    --kl-divergence >"$WORK/lp-$1.log" 2>&1 || { log "llama-perplexity failed on $2 (see $WORK/lp-$1.log)"; exit 1; }
+  local try
+  for try in 1 2 3; do
+    [ -s "$WORK/lp-$1.log" ] && grep -q "Mean    KLD" "$WORK/lp-$1.log" && return 0
+    "$LB/llama-perplexity" -m "$2" -f "$WORK/val.txt" -c 256 -b 256 -t "$THREADS" --kl-divergence-base "$base" \
+      --kl-divergence >"$WORK/lp-$1.log" 2>&1 || { log "llama-perplexity failed on $2 (see $WORK/lp-$1.log)"; exit 1; }
+  done
+  grep -q "Mean    KLD" "$WORK/lp-$1.log" || { log "llama-perplexity printed no KLD for $2 (see $WORK/lp-$1.log)"; exit 1; }
 }
 
 first=1

@@ -56,9 +56,16 @@ if [ ! -s "$WORK/base.kld" ]; then
   "${lp[@]}" -m "$(gguf f32)" --kl-divergence-base "$WORK/base.kld" >"$WORK/lp-base.log" 2>&1
 fi
 # kld NAME GGUF: llama-perplexity's figures for one model against the base
+# (repeated, three times at most, when llama.cpp's logging thread lost the
+# summary at exit)
 kld() {
-  "${lp[@]}" -m "$2" --kl-divergence-base "$WORK/base.kld" --kl-divergence >"$WORK/lp-$1.log" 2>&1 ||
-    { log "llama-perplexity failed on $2 (see $WORK/lp-$1.log)"; exit 1; }
+  local try
+  for try in 1 2 3; do
+    "${lp[@]}" -m "$2" --kl-divergence-base "$WORK/base.kld" --kl-divergence >"$WORK/lp-$1.log" 2>&1 ||
+      { log "llama-perplexity failed on $2 (see $WORK/lp-$1.log)"; exit 1; }
+    grep -q "Mean    KLD" "$WORK/lp-$1.log" && return 0
+  done
+  log "llama-perplexity printed no KLD for $2 (see $WORK/lp-$1.log)"; exit 1
 }
 
 for q in Q8_0 Q4_K_M Q3_K_M Q2_K; do
