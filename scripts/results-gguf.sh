@@ -25,9 +25,14 @@
 #
 #   scripts/results-gguf.sh              # tools from build/bin (Release)
 #
+# First, scripts/check-gguf-llamacpp.sh: llama.cpp loads moec's GGUFs of the
+# four architectures and both tokenizer families and computes the same
+# logits and tokens (its summary goes on the page).
+#
 # Needs llama.cpp's tools (LLAMA, default ~/.cache/moec-peer/llama.cpp, built
 # by ../shared/tools/llama-peer.sh) and python3. Environment: BIN (default
-# build/bin), THREADS (2), TOKENS (32768), WORK (scratch, removed unless
+# build/bin), BUILD (the CMake build with libmoec.a, for the check; default
+# build), THREADS (2), TOKENS (32768), WORK (scratch, removed unless
 # KEEP_WORK=1), MODELS ("name=path ..."), PRESETS (default "Q4_K_M Q3_K_M
 # Q2_K"), LEGACY (presets run on the first model only, default "Q8_0 Q5_1
 # Q4_1 Q4_0"), NOBENCH=1 skips llama-bench. Benchmarks run with
@@ -76,6 +81,12 @@ kld() {
   done
   grep -q "Mean    KLD" "$WORK/lp-$1.log" || { log "llama-perplexity printed no KLD for $2 (see $WORK/lp-$1.log)"; exit 1; }
 }
+
+if ! grep -q "all checks passed" "$WORK/check-gguf.log" 2>/dev/null; then
+  log "llama.cpp on moec's GGUFs of the four architectures: scripts/check-gguf-llamacpp.sh"
+  BIN=$BIN BUILD=${BUILD:-build} LLAMA=$LLAMA bash scripts/check-gguf-llamacpp.sh >"$WORK/check-gguf.log" 2>&1 ||
+    { log "scripts/check-gguf-llamacpp.sh failed (see $WORK/check-gguf.log)"; exit 1; }
+fi
 
 first=1
 for entry in $MODELS; do
@@ -209,6 +220,21 @@ w("For each llama.cpp preset P, three GGUF files of the same tensor types (the s
   "windows, second half of each scored). KLD = mean KL(original ‖ model) in nats with llama-perplexity's "
   "± (standard error); top-1 = its \"same top p\"; bpw = file bytes × 8 / parameters.")
 w("")
+chk = os.path.join(work, "check-gguf.log")
+if os.path.exists(chk):
+    w("## llama.cpp reads what moec writes")
+    w("")
+    w("`scripts/check-gguf-llamacpp.sh` (run first by this script): moec's GGUF (F32) of each architecture against "
+      "llama.cpp itself on the same 128 tokens (largest logit difference relative to the largest logit, limit "
+      "1e-4), `llama-tokenize` against `moec-tokenize` on every `data/corpus` text (the SentencePiece family on a "
+      "copy of mixtral-tiny with `tests/data/tokenizer_sp.json`), and quantized files through `llama-perplexity`:")
+    w("")
+    for line in open(chk, errors="replace"):
+        line = line.strip()
+        if line.startswith("check-gguf: ") and "building" not in line:
+            w("- " + line[len("check-gguf: "):])
+    w("")
+verdict = []
 for name, _ in models:
     W = os.path.join(work, name)
     nparams = js(os.path.join(W, "inspect.json"))["params_total"]
@@ -230,6 +256,12 @@ for name, _ in models:
         for label, size, bpw, r in rows:
             w(f"| {P} | {label} | {size} | {bpw} | {r['kld']:.5f} ± {r['kld_err']:.5f} | {r['pplr']:.4f} | "
               f"{100 * r['top1']:.2f}% |")
+        got = {label: (size, r) for label, size, bpw, r in rows}
+        if len(got) == 3:
+            (sm, rm), (si, ri), (sl, rl) = got["**moec GPTQ**"], got["llama-quantize + imatrix"], got["llama-quantize"]
+            verdict.append(f"- {name} {P}: moec {rm['kld']:.5f} against llama-quantize + imatrix {ri['kld']:.5f} "
+                           f"({100 * (rm['kld'] - ri['kld']) / ri['kld']:+.0f}%) and without {rl['kld']:.5f}; "
+                           f"file bytes {sm - si:+d} against llama-quantize's")
     w("")
     if name == models[0][0]:
         w("Group-wise codes carried into llama.cpp types (`moec-quant --bits B --group 32 [--sym] --attn --method "
@@ -266,6 +298,13 @@ for name, _ in models:
             if a[0] and b[0]:
                 w(f"| {P} | {a[0]:.0f} | {b[0]:.0f} | {a[1]:.0f} | {b[1]:.0f} |")
         w("")
+if verdict:
+    w("## Verdict")
+    w("")
+    w("Mean KLD of moec's file against llama-quantize's of the same type, with and without the importance matrix:")
+    w("")
+    L.extend(verdict)
+    w("")
 open(out, "w").write("\n".join(L))
 PY
 log "done"
