@@ -267,8 +267,11 @@ for name, _ in models:
         w("Group-wise codes carried into llama.cpp types (`moec-quant --bits B --group 32 [--sym] --attn --method "
           "gptq`, experts and attention; embeddings and head stay BF16): the export copies every code unchanged; "
           "Q4_1's min m = -s·z is stored as F16, which rounds where s·z needs more than F16's 11 significant bits. "
-          "`moec-eval` scores the .moec itself on the same text (`--score-from half`): the difference to "
-          "llama-perplexity's figure is that rounding (plus the two executors' float summation order).")
+          "`moec-eval` scores the .moec itself on the same text (`--score-from half`). The two figures differ by "
+          "that rounding and by llama.cpp's own arithmetic, not by the codes: llama.cpp multiplies Q4_1 and Q8_0 "
+          "weights by activations it quantizes to 8 bits (Q8_1, Q8_0) and BF16 weights by activations rounded to "
+          "BF16, where moec computes with float32 activations; that is most of the Q8_0 row's difference, where "
+          "nothing rounds.")
         w("")
         w("| moec format | llama.cpp type | tensors carried | groups | mins rounded | largest min error (× s) | "
           "KLD llama-perplexity | KLD moec-eval |")
