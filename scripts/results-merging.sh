@@ -133,7 +133,7 @@ for model in $MODELS; do
     row "$model" "$keep" submoe-rank moec-merge .moec -- --method submoe "${M[@]}" "${paper[@]}" --rank "$F" --factored
     row "$model" "$keep" submoe-dagger moec-merge .moec -- --method submoe "${M[@]}" "${paper[@]}" --rank "$F" --whiten --factored
     row "$model" "$keep" submoe-joint2 moec-merge "" -- --method submoe "${M[@]}" "${paper[@]}" --cluster joint2
-    row "$model" "$keep" avg-router moec-merge "" -- --method average "${M[@]}" --router fit
+    row "$model" "$keep" avg-router moec-merge "" -- --method average "${M[@]}" --router fit "${r1[@]}"
     row "$model" "$keep" avg-down moec-merge "" -- --method average "${M[@]}" --fit-down "${r1[@]}"
     row "$model" "$keep" avg-down-router moec-merge "" -- --method average "${M[@]}" --fit-down --router fit "${r1[@]}"
     row "$model" "$keep" dagger-fit moec-merge .moec -- --method submoe "${M[@]}" --features fold --rank "$F" --whiten --factored "${r1s[@]}"
