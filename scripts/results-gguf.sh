@@ -231,7 +231,7 @@ if os.path.exists(chk):
     w("")
     for line in open(chk, errors="replace"):
         line = line.strip()
-        if line.startswith("check-gguf: ") and "building" not in line:
+        if line.startswith("check-gguf: ") and not any(x in line for x in ("building", "quantized files in")):
             w("- " + line[len("check-gguf: "):])
     w("")
 verdict = []
@@ -261,7 +261,8 @@ for name, _ in models:
             (sm, rm), (si, ri), (sl, rl) = got["**moec GPTQ**"], got["llama-quantize + imatrix"], got["llama-quantize"]
             verdict.append(f"- {name} {P}: moec {rm['kld']:.5f} against llama-quantize + imatrix {ri['kld']:.5f} "
                            f"({100 * (rm['kld'] - ri['kld']) / ri['kld']:+.0f}%) and without {rl['kld']:.5f}; "
-                           f"file bytes {sm - si:+d} against llama-quantize's")
+                           f"file bytes {sm - sl:+d} against llama-quantize's ({sm - si:+d} against the imatrix file, which "
+                           "carries the matrix's metadata)")
     w("")
     if name == models[0][0]:
         w("Group-wise codes carried into llama.cpp types (`moec-quant --bits B --group 32 [--sym] --attn --method "
