@@ -78,7 +78,7 @@ run() {
   shift
   err=$out.err
   [ "$out" = /dev/null ] && err=$WORK/stderr.log
-  printf '%s\n' "$*" | sed "s|$WORK|\$WORK|g; s|$root/||g" >>"$CMDS"
+  printf '%s\n' "$*" | sed "s|$BIN/|\$BIN/|g; s|$WORK|\$WORK|g; s|$root/||g" >>"$CMDS"
   "$@" >"$out" 2>"$err"
 }
 # cold FILE_OR_DIR...: drops the files from the page cache
@@ -107,7 +107,7 @@ timed() {
 sampled() {
   local out=$1 smp=$2
   shift 2
-  printf '%s\n' "$*" | sed "s|$WORK|\$WORK|g; s|$root/||g" >>"$CMDS"
+  printf '%s\n' "$*" | sed "s|$BIN/|\$BIN/|g; s|$WORK|\$WORK|g; s|$root/||g" >>"$CMDS"
   "$@" >"$out" 2>"$out.err" &
   local pid=$! rss=0 huge=0 r h
   while kill -0 "$pid" 2>/dev/null; do
@@ -317,7 +317,7 @@ A = L.append
 A("# moec and llama.cpp at published MoE shapes")
 A("")
 A("Produced by `scripts/results-real-shapes.sh` (every command it ran is listed at the end; `$WORK` is its scratch "
-  "directory). Random-weight checkpoints with the exact published tensor names, shapes, dtypes (BF16) and "
+  "directory, `$BIN` the directory of moec's tools). Random-weight checkpoints with the exact published tensor names, shapes, dtypes (BF16) and "
   "vocabularies, depth cut to the layer count in the name (`bench-make-checkpoint`); llama.cpp runs the F16 GGUF of "
   "the same weights (`hf2gguf.py`) and its Q4_K_M; moec runs the checkpoint and `moec-quant` RTN 4-bit, groups of 64, "
   f"attention quantized, embeddings and head 8-bit. {threads} threads on this {nproc}-core machine, OpenBLAS "
