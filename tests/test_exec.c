@@ -37,17 +37,6 @@ static void load_reference(reference *r, const char *dir, int vocab)
     assert_int_equal(size, (size_t)r->n * vocab * sizeof(float));
 }
 
-/* max |a-b| / max |b| over all positions */
-static double rel_err(const float *a, const float *b, size_t n)
-{
-    double md = 0, mb = 0;
-    for (size_t i = 0; i < n; i++) {
-        md = fmax(md, fabs((double)a[i] - b[i]));
-        mb = fmax(mb, fabs((double)b[i]));
-    }
-    return md / mb;
-}
-
 static void check_model(const char *model_dir, const char *ref_dir)
 {
     moec_err err = {0};
@@ -63,23 +52,23 @@ static void check_model(const char *model_dir, const char *ref_dir)
         assert_int_equal(moec_exec_new(&ex, m, &o, &err), MOEC_OK);
         /* one batch */
         assert_int_equal(moec_exec_forward(ex, r.ids, r.n, out, true, &err), MOEC_OK);
-        double e_batch = rel_err(out, r.ref, (size_t)r.n * V);
+        double e_batch = tu_max_rel_diff(out, r.ref, (size_t)r.n * V);
         /* prefix batch then one token at a time through the cache */
         moec_exec_reset(ex);
         int split = r.n / 3;
         assert_int_equal(moec_exec_forward(ex, r.ids, split, out, true, &err), MOEC_OK);
         for (int i = split; i < r.n; i++)
             assert_int_equal(moec_exec_forward(ex, r.ids + i, 1, out + (size_t)i * V, false, &err), MOEC_OK);
-        double e_decode = rel_err(out, r.ref, (size_t)r.n * V);
+        double e_decode = tu_max_rel_diff(out, r.ref, (size_t)r.n * V);
         /* logits of the second half only (the tokens before skip the last
          * layer's feed-forward block), and of the last token only */
         const int half = r.n / 2;
         moec_exec_reset(ex);
         assert_int_equal(moec_exec_forward_from(ex, r.ids, r.n, out, half, &err), MOEC_OK);
-        double e_from = rel_err(out, r.ref + (size_t)half * V, (size_t)(r.n - half) * V);
+        double e_from = tu_max_rel_diff(out, r.ref + (size_t)half * V, (size_t)(r.n - half) * V);
         moec_exec_reset(ex);
         assert_int_equal(moec_exec_forward(ex, r.ids, split, out, false, &err), MOEC_OK);
-        double e_last = rel_err(out, r.ref + (size_t)(split - 1) * V, (size_t)V);
+        double e_last = tu_max_rel_diff(out, r.ref + (size_t)(split - 1) * V, (size_t)V);
         printf("# %s threads=%d: batch rel err %.2e, decode %.2e, second half %.2e, last token %.2e\n", model_dir,
                threads, e_batch, e_decode, e_from, e_last);
         assert_true(e_batch <= 1e-3);

@@ -25,36 +25,6 @@
 
 #define QWEN3 "tests/fixtures/qwen3moe-random"
 
-/* Logits of every position of a fixed prompt. */
-static float *logits_of(const moec_model *m, int n)
-{
-    moec_err err = {0};
-    moec_exec *ex;
-    moec_exec_opts eo = MOEC_EXEC_OPTS_DEFAULT;
-    eo.max_ctx = 64;
-    assert_int_equal(moec_exec_new(&ex, m, &eo, &err), MOEC_OK);
-    int32_t ids[64];
-    for (int i = 0; i < n; i++)
-        ids[i] = (int32_t)((i * 977 + 13) % m->cfg.vocab_size);
-    const int V = moec_exec_vocab(ex);
-    float *lg = malloc((size_t)n * V * sizeof *lg);
-    assert_non_null(lg);
-    if (moec_exec_forward(ex, ids, n, lg, true, &err) != MOEC_OK)
-        fail_msg("forward failed: %s", err.msg);
-    moec_exec_free(ex);
-    return lg;
-}
-
-static double max_rel_diff(const float *a, const float *b, size_t n)
-{
-    double mx = 0.0, md = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        mx = fmax(mx, fabs(b[i]));
-        md = fmax(md, fabs((double)a[i] - b[i]));
-    }
-    return mx > 0.0 ? md / mx : md;
-}
-
 /* Random calibration windows over the fixture's vocabulary. */
 typedef struct windows {
     int32_t ids[16 * 64];
@@ -99,7 +69,7 @@ static void test_lsq_exact_and_prior(void **state)
     moec_lsq_add(&L, Z, Y, NULL, N / 2, scratch);
     moec_lsq_add(&L, Z + (N / 2) * P, Y + (N / 2) * Q, NULL, N - N / 2, scratch);
     assert_int_equal(moec_lsq_solve(&L, 1e-9, prior, got, &err), MOEC_OK);
-    assert_true(max_rel_diff(got, W, Q * P) < 1e-4);
+    assert_true(tu_max_rel_diff(got, W, Q * P) < 1e-4);
     moec_lsq_free(&L);
 
     assert_int_equal(moec_lsq_init(&L, P, Q, &err), MOEC_OK);
@@ -141,7 +111,7 @@ static void test_whiten(void **state)
     const float *ident[M] = {eye, eye};
     so.whiten = ident;
     assert_int_equal(moec_subspace_merge(mem, M, w, &so, white, NULL, NULL, &err), MOEC_OK);
-    assert_true(max_rel_diff(white, plain, R * C) < 1e-5);
+    assert_true(tu_max_rel_diff(white, plain, R * C) < 1e-5);
 
     const float *tri[M] = {S0, S1};
     so.whiten = tri;
@@ -149,7 +119,7 @@ static void test_whiten(void **state)
     assert_int_equal(moec_subspace_merge(mem, M, w, &so, white, NULL, NULL, &err), MOEC_OK);
     for (int i = 0; i < R * C; i++)
         avg[i] = 0.75f * a[i] + 0.25f * b[i];
-    assert_true(max_rel_diff(white, avg, R * C) < 1e-5);
+    assert_true(tu_max_rel_diff(white, avg, R * C) < 1e-5);
 
     so.share = MOEC_SHARE_RIGHT;
     assert_int_equal(moec_subspace_merge(mem, M, w, &so, white, NULL, NULL, &err), MOEC_ERR_ARG);
@@ -192,7 +162,7 @@ static void test_factored_model(void **state)
     assert_int_equal(moec_model_max_rank(m), r);
     assert_int_equal(moec_model_params(m), moec_model_params(src) - 2 * (int64_t)f * d + 2 * (int64_t)r * (f + d));
     assert_int_equal(moec_ffn_params(&m->layers[0].experts[1]), (int64_t)f * d + 2 * (int64_t)r * (f + d));
-    float *got = logits_of(m, n);
+    float *got = tu_prompt_logits(m, n, true);
 
     char path[512];
     snprintf(path, sizeof path, "%s/f.moec", tu_tmpdir());
@@ -204,7 +174,7 @@ static void test_factored_model(void **state)
     assert_false(moec_tensor_present(&back->layers[0].experts[1].w1));
     assert_false(moec_factored_present(&back->layers[0].experts[1].w3f));
     assert_int_equal(moec_model_params(back), moec_model_params(m));
-    float *again = logits_of(back, n);
+    float *again = tu_prompt_logits(back, n, true);
     assert_memory_equal(again, got, (size_t)n * V * sizeof *got);
 
     char hf[512];
@@ -213,8 +183,8 @@ static void test_factored_model(void **state)
 
     assert_int_equal(moec_model_densify(m, MOEC_DT_F32, &err), MOEC_OK);
     assert_false(moec_model_has_factored(m));
-    float *dense = logits_of(m, n);
-    assert_true(max_rel_diff(got, dense, (size_t)n * V) < 1e-5);
+    float *dense = tu_prompt_logits(m, n, true);
+    assert_true(tu_max_rel_diff(got, dense, (size_t)n * V) < 1e-5);
 
     free(got), free(again), free(dense);
     moec_model_close(back);
@@ -282,7 +252,7 @@ static void test_fit_all_scope(void **state)
             assert_ptr_equal(out->layers[l].experts[e].w2.data, src->layers[l].experts[e].w2.data);
         }
     }
-    float *a = logits_of(src, 16), *b = logits_of(out, 16);
+    float *a = tu_prompt_logits(src, 16, true), *b = tu_prompt_logits(out, 16, true);
     assert_memory_equal(a, b, (size_t)16 * src->cfg.vocab_size * sizeof(float));
     free(a), free(b);
     moec_merge_report_free(&rep);
@@ -349,7 +319,7 @@ static void test_variants(void **state)
             plain_err = err;
         if (v == 1)
             fit_err = err;
-        free(logits_of(out, 8));
+        free(tu_prompt_logits(out, 8, true));
         moec_merge_report_free(&rep);
         moec_model_close(out);
     }
@@ -377,7 +347,7 @@ static void test_factored_merge_and_quant(void **state)
     assert_true(rep.params_factored < rep.params_after);
     assert_int_equal(moec_model_params(out), rep.params_factored);
     assert_int_equal(rep.bytes_after, moec_model_bytes(out));
-    float *before = logits_of(out, 8);
+    float *before = tu_prompt_logits(out, 8, true);
 
     moec_err err = {0};
     moec_quant_opts q = MOEC_QUANT_OPTS_DEFAULT;
@@ -390,14 +360,14 @@ static void test_factored_merge_and_quant(void **state)
     assert_int_equal(out->layers[0].experts[0].w2.dtype == MOEC_DT_QUANT ||
                          out->layers[0].experts[0].w2f.u.dtype == MOEC_DT_QUANT,
                      1);
-    float *after = logits_of(out, 8);
-    assert_true(max_rel_diff(after, before, (size_t)8 * src->cfg.vocab_size) < 5e-2);
+    float *after = tu_prompt_logits(out, 8, true);
+    assert_true(tu_max_rel_diff(after, before, (size_t)8 * src->cfg.vocab_size) < 5e-2);
     char path[512];
     snprintf(path, sizeof path, "%s/q.moec", tu_tmpdir());
     assert_int_equal(moec_model_save_moec(out, path, NULL, &err), MOEC_OK);
     moec_model *back;
     assert_int_equal(moec_model_open(&back, path, &err), MOEC_OK);
-    float *again = logits_of(back, 8);
+    float *again = tu_prompt_logits(back, 8, true);
     assert_memory_equal(again, after, (size_t)8 * src->cfg.vocab_size * sizeof *after);
     assert_int_equal(moec_model_bytes(back), moec_model_bytes(out));
     free(before), free(after), free(again);

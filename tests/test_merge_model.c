@@ -111,28 +111,6 @@ static void assert_same_bytes(const moec_tensor *a, const moec_tensor *b)
     assert_memory_equal(a->data, b->data, n);
 }
 
-/* Logits of the last of a fixed prompt. */
-static float *logits_of(const moec_model *m)
-{
-    moec_err err = {0};
-    moec_exec *ex;
-    moec_exec_opts eo = MOEC_EXEC_OPTS_DEFAULT;
-    eo.max_ctx = 64;
-    assert_int_equal(moec_exec_new(&ex, m, &eo, &err), MOEC_OK);
-    int32_t ids[24];
-    for (int i = 0; i < 24; i++)
-        ids[i] = (int32_t)((i * 977 + 13) % m->cfg.vocab_size);
-    const int V = moec_exec_vocab(ex);
-    float *lg = malloc((size_t)V * sizeof *lg);
-    assert_non_null(lg);
-    if (moec_exec_forward(ex, ids, 24, lg, false, &err) != MOEC_OK)
-        fail_msg("forward failed: %s", err.msg);
-    for (int i = 0; i < V; i++)
-        assert_true(isfinite(lg[i]));
-    moec_exec_free(ex);
-    return lg;
-}
-
 /* A layer whose experts are all one expert merges back to that expert, for
  * any grouping: bit for bit by averaging, and at full rank by Sub-MoE up to
  * the float rounding of the projection (none survives BF16 here). */
@@ -194,7 +172,7 @@ static void test_keep_all_unchanged(void **state)
     (void)state;
     moec_model *src = tu_open_model(QWEN3);
     moec_stats *s = hand_stats(src);
-    float *want = logits_of(src);
+    float *want = tu_prompt_logits(src, 24, false);
     const int V = src->cfg.vocab_size;
     for (int method = 0; method < 2; method++) {
         moec_merge_opts o = opts_for(method ? MOEC_MERGE_AVERAGE : MOEC_MERGE_SUBMOE, src->layers[0].n_experts);
@@ -212,7 +190,7 @@ static void test_keep_all_unchanged(void **state)
                 assert_int_equal(rep.layers[l].groups[e].members[0], e);
             }
         }
-        float *got = logits_of(out);
+        float *got = tu_prompt_logits(out, 24, false);
         assert_memory_equal(got, want, (size_t)V * sizeof *got);
         free(got);
         moec_merge_report_free(&rep);
@@ -418,7 +396,7 @@ static void test_end_to_end(void **state)
                     for (int k = 0; k < MOEC_MERGE_KINDS; k++)
                         assert_same_bytes(kind(&back->layers[l].experts[e], k), kind(&out->layers[l].experts[e], k));
             }
-            free(logits_of(back));
+            free(tu_prompt_logits(back, 24, false));
             moec_model_close(back);
             moec_merge_report_free(&rep);
             moec_model_close(out);

@@ -113,17 +113,6 @@ static float *logits(const moec_model *m, int threads, int act_bits)
     return out;
 }
 
-/* max |a - b| / max |b| */
-static double rel_err(const float *a, const float *b, size_t n)
-{
-    double md = 0, mb = 0;
-    for (size_t i = 0; i < n; i++) {
-        md = fmax(md, fabs((double)a[i] - b[i]));
-        mb = fmax(mb, fabs((double)b[i]));
-    }
-    return md / mb;
-}
-
 /* the slots of a model, in order */
 typedef struct {
     moec_tensor *t[512];
@@ -244,9 +233,9 @@ static void test_roundtrip(void **state)
     float *a = logits(qm, 1, 0), *b = logits(r, 1, 0), *c = logits(r, 2, 0);
     const size_t n = (size_t)N_TOK * qm->cfg.vocab_size;
     assert_memory_equal(a, b, n * sizeof *a);
-    double e2 = rel_err(c, a, n), eq = 0;
+    double e2 = tu_max_rel_diff(c, a, n), eq = 0;
     float *f = logits(base, 1, 0);
-    eq = rel_err(a, f, n);
+    eq = tu_max_rel_diff(a, f, n);
     printf("# reopened == in-memory; 2 threads rel err %.2e; quantized vs BF16 rel err %.3f\n", e2, eq);
     assert_true(e2 <= 1e-5);
     assert_true(eq > 0); /* quantization did change the model */
@@ -332,7 +321,7 @@ static void test_export(void **state)
     assert_non_null(strstr(h->config_json, "\"float32\""));
     const size_t n = (size_t)N_TOK * r->cfg.vocab_size;
     float *a = logits(r, 1, 0), *b = logits(h, 1, 0);
-    double e = rel_err(b, a, n);
+    double e = tu_max_rel_diff(b, a, n);
     printf("# .moec vs exported HF f32: rel err %.2e\n", e);
     assert_true(e <= 1e-5);
     free(b);
@@ -345,7 +334,7 @@ static void test_export(void **state)
     assert_int_equal(moec_model_open(&h, out, &err), MOEC_OK);
     assert_int_equal(h->layers[1].experts[3].w2.dtype, MOEC_DT_BF16);
     b = logits(h, 1, 0);
-    e = rel_err(b, a, n);
+    e = tu_max_rel_diff(b, a, n);
     printf("# .moec vs exported HF bf16: rel err %.2e\n", e);
     assert_true(e <= 2e-2);
     free(a), free(b);

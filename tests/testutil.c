@@ -1,6 +1,7 @@
 #include "testutil.h"
 
 #include "core/dtype.h"
+#include "exec/exec.h"
 #include "model/model.h"
 
 #include <dirent.h>
@@ -117,4 +118,37 @@ struct moec_model *tu_open_model(const char *rel)
     if (moec_model_open(&m, tu_src(rel), &err) != MOEC_OK)
         fail_msg("%s: %s", rel, err.msg);
     return m;
+}
+
+float *tu_prompt_logits(const struct moec_model *m, int n, bool all)
+{
+    assert_true(n >= 1 && n <= 64);
+    moec_err err = {0};
+    moec_exec *ex;
+    moec_exec_opts eo = MOEC_EXEC_OPTS_DEFAULT;
+    eo.max_ctx = 64;
+    if (moec_exec_new(&ex, m, &eo, &err) != MOEC_OK)
+        fail_msg("executor: %s", err.msg);
+    int32_t ids[64];
+    for (int i = 0; i < n; i++)
+        ids[i] = (int32_t)((i * 977 + 13) % m->cfg.vocab_size);
+    const size_t count = (size_t)(all ? n : 1) * (size_t)moec_exec_vocab(ex);
+    float *lg = malloc(count * sizeof *lg);
+    assert_non_null(lg);
+    if (moec_exec_forward(ex, ids, n, lg, all, &err) != MOEC_OK)
+        fail_msg("forward failed: %s", err.msg);
+    for (size_t i = 0; i < count; i++)
+        assert_true(isfinite(lg[i]));
+    moec_exec_free(ex);
+    return lg;
+}
+
+double tu_max_rel_diff(const float *a, const float *b, size_t n)
+{
+    double mx = 0.0, md = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        mx = fmax(mx, fabs((double)b[i]));
+        md = fmax(md, fabs((double)a[i] - b[i]));
+    }
+    return mx > 0.0 ? md / mx : md;
 }

@@ -20,6 +20,13 @@ const char *tu_src(const char *rel);
 char *tu_read_file(const char *path, size_t *size);
 /* Opens a model in the source tree (tu_src(rel)), asserting success. */
 struct moec_model *tu_open_model(const char *rel);
+/* Logits of a fixed prompt of n tokens (1 <= n <= 64; token i is
+ * (977 i + 13) mod vocab) from a fresh executor: n x vocab floats for every
+ * position when all, else the last position's vocab floats; asserted
+ * finite. malloc'd. */
+float *tu_prompt_logits(const struct moec_model *m, int n, bool all);
+/* max |a - b| / max |b| over n values (max |a - b| when b is all zero). */
+double tu_max_rel_diff(const float *a, const float *b, size_t n);
 /* Writes bytes to a file, asserting success. */
 void tu_write_file(const char *path, const void *data, size_t size);
 /* A fresh empty directory under the build dir, unique per call. */
