@@ -50,9 +50,8 @@
  * Defaults (MOEC_MERGE_OPTS_DEFAULT, moec-merge --method submoe with
  * calibration text), the best setting measured in docs/results/merging.md:
  * Sub-MoE's clustering with frequency seeding, neuron features, fitted
- * router rows, fitted w2 of every expert (merged or left alone) with ridge
- * 0.3, layers calibrated in order on the inputs the already merged layers
- * produce. The paper's own merge is
+ * router rows and fitted w2 with ridge 0.3, layers calibrated in order on
+ * the inputs the already merged layers produce. The paper's own merge is
  * features = MOEC_MERGE_FEAT_METHOD with the average router and no fit.
  *
  * When N falls below top_k (num_experts_per_tok), top_k is lowered to the
@@ -146,8 +145,10 @@ typedef struct moec_merge_opts {
     bool fit_down;                   /* w2 of a merged group by least squares on the group's gate-weighted
                                         output given its merged w1/w3 and new gates (fit.h) */
     bool fit_all;                    /* with fit_down: also refit w2 of experts left alone, whose tokens and
-                                        gates the merge changed, in a layer where a group merged (default on;
-                                        ignored without fit_down) */
+                                        gates the merge changed, in a layer where a group merged (default off:
+                                        one more p x p fit per such expert, p the FFN width, for a gain only
+                                        on fine-grained experts in docs/results/merging.md; ignored without
+                                        fit_down) */
     double ridge;                    /* relative ridge of every fit (fit.h); default 0.3 */
     moec_merge_clustering clustering;
     bool sequential;                 /* each layer calibrated on the inputs the already merged layers
@@ -175,8 +176,7 @@ typedef struct moec_merge_opts {
     ((moec_merge_opts){.method = MOEC_MERGE_SUBMOE, .energy = 1.0, .precision = MOEC_SVD_FLOAT,              \
                        .weighting = MOEC_MERGE_WEIGHT_COUNT, .router = MOEC_MERGE_ROUTER_FIT,                 \
                        .kmeans = MOEC_KMEANS_OPTS_DEFAULT, .threads = 1, .features = MOEC_MERGE_FEAT_NEURONS, \
-                       .fit_down = true, .fit_all = true, .ridge = 0.3,                                      \
-                       .clustering = MOEC_MERGE_CLUSTER_LAYER,                                               \
+                       .fit_down = true, .ridge = 0.3, .clustering = MOEC_MERGE_CLUSTER_LAYER,               \
                        .sequential = true, .sim_tokens = 4096})
 
 /* The three expert matrices, in the order reports list them. */

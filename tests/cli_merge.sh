@@ -23,7 +23,6 @@ expect 2 "--quant-bits into a directory" -- "${m[@]}" --method submoe --keep 6 -
 expect 2 "--quant-bits 9" -- "${m[@]}" --method submoe --keep 6 --quant-bits 9 -o "$tmp/x.moec"
 expect 2 "--whiten with average" -- "${m[@]}" --method average --keep 6 --whiten -o "$tmp/d"
 expect 2 "--fit-all without --fit-down" -- "${m[@]}" --method average --keep 6 --fit-all -o "$tmp/d"
-expect 2 "--fit-all with --no-fit-all" -- "${m[@]}" --method submoe --keep 6 --fit-all --no-fit-all -o "$tmp/d"
 expect 2 "--features unknown" -- "${m[@]}" --method submoe --keep 6 --features all -o "$tmp/d"
 expect 2 "--cluster unknown" -- "${m[@]}" --method submoe --keep 6 --cluster joint3 -o "$tmp/d"
 expect 2 "--router unknown" -- "${m[@]}" --method submoe --keep 6 --router mean -o "$tmp/d"
@@ -35,7 +34,7 @@ expect 2 "--whiten with --stats" -- "$bin/moec-merge" "$q3" --method submoe --ke
 # the default (fitted) merge, into an HF checkpoint that loads and runs
 expect 0 "default merge" -- "${m[@]}" --method submoe --keep 5 --json -o "$tmp/def"
 grep -q '"out_err"' "$tmp/out" || { echo "FAIL: default merge: no out_err in the report"; fails=$((fails + 1)); }
-grep -Eq '"fit_all":[[:space:]]*true' "$tmp/out" || { echo "FAIL: default merge: fit_all is not on"; fails=$((fails + 1)); }
+grep -Eq '"ridge":[[:space:]]*0.3' "$tmp/out" || { echo "FAIL: default merge: ridge is not 0.3"; fails=$((fails + 1)); }
 expect 0 "default merge runs" -- "$bin/moec-eval" --model "$tmp/def" --base "$q3" --text "$tmp/c.txt" --ctx 64
 expect 0 "merge of a shared-expert model" -- "$bin/moec-merge" "$q2" --quiet --text "$tmp/c.txt" --ctx 64 \
   --tokens 1024 --sim-tokens 256 --method submoe --keep 3 --cluster joint2 -o "$tmp/q2m"

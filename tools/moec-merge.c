@@ -159,8 +159,7 @@ int main(int argc, char **argv)
     int method = -1, router = 0, weighting = 0, init = 0, feature = 0, cluster = 0, quant_bits = 0;
     int quant_group = qo.group;
     int64_t seed = 0;
-    bool force = false, json = false, svd_double = false, fit_down = false, no_fit_down = false, fit_all = false,
-         no_fit_all = false;
+    bool force = false, json = false, svd_double = false, fit_down = false, no_fit_down = false, fit_all = false;
     bool parallel = false;
     const char *model_path = NULL, *stats_path = NULL, *out = NULL;
     cli_list texts = {0};
@@ -171,9 +170,8 @@ int main(int argc, char **argv)
                  "group into one expert. submoe, by default (the best setting in docs/results/merging.md): the "
                  "merged expert keeps the neurons of its members that carry most of the group's gated output "
                  "(--features neurons), its down projection is solved by least squares to reproduce the group's "
-                 "gate-weighted output on the calibration tokens routed to it (--fit-down; the experts left alone "
-                 "are refitted too, --fit-all) and its router row is fitted to the log-sum-exp of the members' "
-                 "logits (--router fit). The paper's merge is "
+                 "gate-weighted output on the calibration tokens routed to it (--fit-down) and its router row is "
+                 "fitted to the log-sum-exp of the members' logits (--router fit). The paper's merge is "
                  "--features fold --router average --no-fit-down: one SVD of the members side by side gives a "
                  "shared basis U, the rank is truncated and the members' V parts are averaged by routing "
                  "frequency. average: the routing-frequency-weighted average of the members' weights and router "
@@ -201,8 +199,9 @@ int main(int argc, char **argv)
          .help = "fold w2 like w1/w3 instead (average's default)"},
         {"fit-all", 0, CLI_FLAG, NULL, &fit_all,
          .help = "with --fit-down, also refit w2 of the experts left alone in a layer where a group merged, "
-                 "since their tokens and gates changed (submoe's default)"},
-        {"no-fit-all", 0, CLI_FLAG, NULL, &no_fit_all, .help = "fit w2 of merged groups only"},
+                 "since their tokens and gates changed: one more least-squares fit per such expert (a p x p "
+                 "system, p the expert FFN width), which paid off on fine-grained experts only "
+                 "(docs/results/merging.md)"},
         {"ridge", 0, CLI_DOUBLE, "R", &mo.ridge, 1e-12, 1e6,
          .help = "relative ridge of the fits, towards the merged weights (default 0.3)"},
         {"router", 0, CLI_CHOICE, "RULE", &router, .choices = routers,
@@ -283,15 +282,10 @@ int main(int argc, char **argv)
             mo.router = MOEC_MERGE_ROUTER_AVERAGE;
         if (!fit_down && !no_fit_down)
             mo.fit_down = false;
-        mo.fit_all = false;
     }
-    if (fit_all && no_fit_all)
-        cli_usage_error("give --fit-all or --no-fit-all, not both");
     if (fit_all && !mo.fit_down)
         cli_usage_error("--fit-all needs --fit-down");
-    if (fit_all || no_fit_all)
-        mo.fit_all = fit_all;
-    mo.fit_all = mo.fit_all && mo.fit_down;
+    mo.fit_all = fit_all;
     mo.clustering = (moec_merge_clustering)cluster;
     mo.sequential = !parallel;
     mo.weighting = (moec_merge_weighting)weighting;
