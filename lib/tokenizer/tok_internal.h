@@ -65,7 +65,9 @@ void tok_pieces_free(tok_pieces *p);
 
 static inline const char *tok_piece_str(const tok_pieces *p, size_t i)
 {
-    return p->text.p + p->v[i].off;
+    /* pieces kept empty (tok_pieces_commit_keep) may leave no text buffer at
+     * all: NULL + 0 is undefined, so they read as "" */
+    return p->text.p ? p->text.p + p->v[i].off : "";
 }
 
 /* Offset of the first byte that is not strict UTF-8 (no overlong forms, no
