@@ -70,6 +70,13 @@ for t, (what, files) in TARGETS.items():
     bytes_n = num(r"corpus_bytes: (\d+)", text)
     crashed = bool(re.search(r"ERROR: (AddressSanitizer|LeakSanitizer|libFuzzer)|runtime error:|SUMMARY: ", text))
     crashes = "**yes** (see log)" if crashed else "0"
+    if crashed:
+        # a crash input already kept as a regression (tests/fuzz/regress) was fixed after the run
+        regress = os.path.join(root, "tests", "fuzz", "regress", t)
+        kept = {open(os.path.join(regress, f), "rb").read(): f for f in os.listdir(regress)} if os.path.isdir(regress) else {}
+        fixed = [kept[b] for b in (open(c, "rb").read() for c in glob.glob(os.path.join(work, "crash-%s-*" % t))) if b in kept]
+        if fixed:
+            crashes = "**yes**, fixed since: `tests/fuzz/regress/%s/%s`" % (t, fixed[0])
     cov = "%s -> %s" % (start.group(1) if start else "?", end.group(1) if end else "?")
     ft = end.group(2) if end else "?"
     corpus = "%s files, %.1f KB" % (files_n, (bytes_n or 0) / 1024) if files_n is not None else "?"
@@ -97,8 +104,9 @@ page = """# Robustness: fuzzing every reader of outside input
 Produced by `scripts/results-robustness.sh` (which runs `scripts/fuzz.sh --long`); do not edit by hand.
 Build: %s, `-fsanitize=fuzzer,address,undefined`, `-DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION`
 (checksums accepted so mutations reach the parsing behind them; PCRE2 without JIT), commit %s,
-written %s. Each target ran alone under `nice -n 19` on a machine shared with other jobs, so times
-and executions per second are only indicative. Targets: `tests/fuzz/fuzz_*.c` (each says what it
+written %s. Each target ran under `nice -n 19` on a machine shared with other jobs (one target at a
+time per `fuzz.sh --long`, though two such runs may share the machine), so times and executions per
+second are only indicative; a target with fewer executions than asked was interrupted. Targets: `tests/fuzz/fuzz_*.c` (each says what it
 checks); seeds in `tests/fuzz/corpus/`, inputs that once crashed in `tests/fuzz/regress/` (replayed
 by ctest in every build); `tests/fuzz/README.md` says how to run and extend them.
 
