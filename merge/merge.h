@@ -147,8 +147,7 @@ typedef struct moec_merge_opts {
     bool fit_all;                    /* with fit_down: also refit w2 of experts left alone, whose tokens and
                                         gates the merge changed, in a layer where a group merged (default off:
                                         one more p x p fit per such expert, p the FFN width, for a gain only
-                                        on fine-grained experts in docs/results/merging.md; ignored without
-                                        fit_down) */
+                                        on fine-grained experts in docs/results/merging.md) */
     double ridge;                    /* relative ridge of every fit (fit.h); default 0.3 */
     moec_merge_clustering clustering;
     bool sequential;                 /* each layer calibrated on the inputs the already merged layers

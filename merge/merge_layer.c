@@ -520,7 +520,7 @@ moec_status moec_merge_layer_run(moec_model *dst, const moec_merge_layer_in *in,
     bool any_merged = false;
     for (int g = 0; g < N; g++)
         any_merged |= R->groups[g].n_members > 1;
-    const bool refit_alone = o->fit_down && o->fit_all && any_merged;
+    const bool refit_alone = o->fit_all && any_merged;
     if (!st && o->fit_down)
         st = moec_ml_routing_build(&r1, pool, &DL->router, in->x, in->n_tokens, in->top_k_after, in->norm_topk, err);
     for (int g = 0; g < N && !st; g++) {

@@ -106,6 +106,8 @@ static moec_status check_options(const moec_merge_opts *o, moec_err *err)
         return moec_err_set(err, MOEC_ERR_ARG,
                             "merge: activation-aware truncation, fitted router or w2, neuron selection and "
                             "joint clustering need calibration text");
+    if (o->fit_all && !o->fit_down)
+        return moec_err_set(err, MOEC_ERR_ARG, "merge: refitting untouched experts needs the w2 fit");
     if (o->out_dir && o->sink)
         return moec_err_set(err, MOEC_ERR_ARG, "merge: give an output directory or a sink, not both");
     if (o->out_dir && o->factored)

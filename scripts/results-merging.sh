@@ -125,7 +125,6 @@ for model in $MODELS; do
   # the fit steps below are measured with the first ridge (0.01); the last two steps are
   # the default ridge and the refit of the experts left alone
   r1=(--ridge 0.01)
-  r1s=(--ridge 0.01)
   for keep in $((E * 3 / 4)) $((E / 2)); do
     row "$model" "$keep" prune-freq moec-prune "" -- --method freq "${S[@]}"
     row "$model" "$keep" prune-easyep moec-prune "" -- --method easyep "${S[@]}"
@@ -136,8 +135,8 @@ for model in $MODELS; do
     row "$model" "$keep" avg-router moec-merge "" -- --method average "${M[@]}" --router fit "${r1[@]}"
     row "$model" "$keep" avg-down moec-merge "" -- --method average "${M[@]}" --fit-down "${r1[@]}"
     row "$model" "$keep" avg-down-router moec-merge "" -- --method average "${M[@]}" --fit-down --router fit "${r1[@]}"
-    row "$model" "$keep" dagger-fit moec-merge .moec -- --method submoe "${M[@]}" --features fold --rank "$F" --whiten --factored "${r1s[@]}"
-    fitted=(--features neurons --fit-down "${r1s[@]}")
+    row "$model" "$keep" dagger-fit moec-merge .moec -- --method submoe "${M[@]}" --features fold --rank "$F" --whiten --factored "${r1[@]}"
+    fitted=(--features neurons --fit-down "${r1[@]}")
     row "$model" "$keep" neurons-down moec-merge "" -- --method submoe "${M[@]}" "${fitted[@]}" --router average
     row "$model" "$keep" neurons-down-router moec-merge "" -- --method submoe "${M[@]}" "${fitted[@]}" --router fit
     row "$model" "$keep" neurons-down-joint2 moec-merge "" -- --method submoe "${M[@]}" "${fitted[@]}" --router average --cluster joint2
@@ -148,7 +147,7 @@ for model in $MODELS; do
     row "$model" "$keep" fitall moec-merge "" -- --method submoe "${M[@]}" --fit-all
     row "$model" "$keep" default-parallel moec-merge "" -- --method submoe "${M[@]}" --parallel-calib
     row "$model" "$keep" default-q4 moec-merge .moec -- --method submoe "${M[@]}" --quant-bits 4
-    row "$model" "$keep" dagger-fit-q4 moec-merge .moec -- --method submoe "${M[@]}" --features fold --rank "$F" --whiten --factored "${r1s[@]}" --quant-bits 4
+    row "$model" "$keep" dagger-fit-q4 moec-merge .moec -- --method submoe "${M[@]}" --features fold --rank "$F" --whiten --factored "${r1[@]}" --quant-bits 4
   done
 done
 fi

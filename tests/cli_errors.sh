@@ -89,9 +89,6 @@ expect 2 "tokenize without model" -- "$bin/moec-tokenize"
 expect 1 "tokenize missing model" -- "$bin/moec-tokenize" "$tmp/none"
 expect 2 "bench bad threads" -- "$bin/moec-bench" "$model" --threads 0
 
-# expect_clean CODE DESCRIPTION DIR -- COMMAND...: expect, and afterwards DIR
-# holds exactly what it held before (no output, no temporary left behind)
-
 # moec-eval --score-from
 expect 2 "eval score-from beyond ctx-2" -- "$bin/moec-eval" --model "$model" --text "$tmp/drama.txt" --ctx 64 \
   --score-from 63

@@ -15,7 +15,6 @@ trap 'rm -rf "$tmp"' EXIT
 head -c 6000 "$src/data/corpus/c.val.txt" >"$tmp/c.txt"
 head -c 6000 "$src/data/corpus/drama.val.txt" >"$tmp/drama.txt"
 
-
 m=("$bin/moec-merge" "$q3" --quiet --text "$tmp/c.txt" --text "$tmp/drama.txt" --ctx 64 --tokens 1024
    --sim-tokens 256)
 expect 2 "--factored into a directory" -- "${m[@]}" --method submoe --keep 6 --rank 8 --factored -o "$tmp/d"

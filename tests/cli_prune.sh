@@ -12,7 +12,6 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 . "$src/tests/cli_expect.sh"
 
-
 p=$bin/moec-prune
 head -c 2000 "$text" >"$tmp/small.txt"
 "$bin/moec-calib" "$q3" --text "$text" --tokens 512 --ctx 64 --quiet -o "$tmp/q3.stats" >/dev/null ||

@@ -283,8 +283,6 @@ int main(int argc, char **argv)
         if (!fit_down && !no_fit_down)
             mo.fit_down = false;
     }
-    if (fit_all && !mo.fit_down)
-        cli_usage_error("--fit-all needs --fit-down");
     mo.fit_all = fit_all;
     mo.clustering = (moec_merge_clustering)cluster;
     mo.sequential = !parallel;
@@ -315,6 +313,8 @@ int main(int argc, char **argv)
         cli_usage_error("--quant-bits needs -o FILE.moec");
     if (cli_given(&tool, "quant-group") && !quant_bits)
         cli_usage_error("--quant-group applies to --quant-bits");
+    if (mo.fit_all && !mo.fit_down)
+        cli_usage_error("--fit-all needs --fit-down");
     if (stats_path && (mo.whiten || mo.fit_down || mo.router == MOEC_MERGE_ROUTER_FIT ||
                        mo.features == MOEC_MERGE_FEAT_NEURONS || mo.clustering == MOEC_MERGE_CLUSTER_JOINT2))
         cli_usage_error("--whiten, --fit-down, --router fit, --features neurons and --cluster joint2 need --text");
